@@ -1,0 +1,7 @@
+"""llnm3d: 3D spatial statistics of lateral lymph node metastasis (LLNM) in thyroid cancer."""
+
+__version__ = "0.1.0"
+
+from .atlas import Atlas, Section  # noqa: E402
+
+__all__ = ["Atlas", "Section", "__version__"]

@@ -1,0 +1,192 @@
+"""Command-line interface: parses arguments and calls the API.
+
+Exit codes: 0 success, 1 some cases failed (the rest completed), 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(help="3D spatial statistics of lateral lymph node metastasis in thyroid "
+                       "cancer.", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode="markdown")
+
+EXIT_CASES_FAILED = 1
+EXIT_INPUT_ERROR = 2
+
+AtlasOption = Annotated[Optional[Path], typer.Option(
+    "--atlas", help="Atlas folder (from `llnm3d atlas`); default: the bundled atlas.")]
+
+
+@contextlib.contextmanager
+def _input_errors() -> Iterator[None]:
+    """Turn an InputError into a one-line message and exit code 2."""
+    from .io import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR) from None
+
+
+def _report_failures(failures: list[tuple[str, str]], what: str) -> None:
+    """Print one line per failed case and exit 1 if there were any."""
+    for case_id, reason in failures:
+        typer.echo(f"failed: {what} {case_id}: {reason}", err=True)
+    if failures:
+        raise typer.Exit(EXIT_CASES_FAILED)
+
+
+def _load_atlas(path: Path | None, spacing_mm: float = 0.5):
+    from .atlas import Atlas
+
+    return Atlas.load(path) if path else Atlas.default(spacing_mm)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llnm3d {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False):
+    """llnm3d: where in the thyroid lateral lymph node metastasis risk concentrates."""
+
+
+@app.command()
+def atlas(
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    spacing_mm: Annotated[float, typer.Option(help="Voxel size in mm.")] = 0.5,
+) -> None:
+    """Build the canonical thyroid atlas and write it: labels and capsule distance as NIfTI,
+    the capsule surface as .glb and .stl, and atlas.json."""
+    from .io import ensure_writable_dir
+
+    with _input_errors():
+        ensure_writable_dir(out)
+        built = _load_atlas(None, spacing_mm)
+        built.save(out)
+    typer.echo(f"atlas written to {out} ({built.spacing_mm} mm voxels, grid "
+               f"{'x'.join(map(str, built.labels.shape[::-1]))}, gland volume "
+               f"{built.surface.volume / 1000:.1f} mL)")
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option(help="Output cohort folder.")],
+    patients: Annotated[int, typer.Option(help="Number of patients.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    risk_spec: Annotated[Optional[Path], typer.Option(
+        help="Risk spec JSON (see llnm3d.phantom.risk); default: the bundled spec.")] = None,
+    atlas_path: AtlasOption = None,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all "
+                                                        "cores).")] = None,
+) -> None:
+    """Generate a synthetic cohort with planted truth (manifest, PNG images and masks,
+    truth.csv/truth.json)."""
+    from .phantom import RiskSpec, make_phantom
+
+    with _input_errors():
+        spec = RiskSpec.load(risk_spec) if risk_spec else RiskSpec.default()
+        result = make_phantom(out, patients, seed=seed, risk_spec=spec,
+                              atlas=_load_atlas(atlas_path), image_size_px=image_size,
+                              workers=workers)
+    typer.echo(f"phantom cohort in {out}: {len(result.truth)} nodules, "
+               f"{len(result.manifest)} images, LLNM prevalence "
+               f"{result.truth['label'].mean():.1%}")
+    _report_failures(result.failed, "patient")
+
+
+@app.command()
+def section(
+    side: Annotated[str, typer.Option(help="Lobe: R or L.")],
+    view: Annotated[str, typer.Option(help="transverse (axial plane) or longitudinal "
+                                           "(sagittal plane).")],
+    level_mm: Annotated[float, typer.Option(help="z (transverse) or x (longitudinal) of the "
+                                                 "plane, atlas mm.")],
+    out: Annotated[Path, typer.Option(help="Output PNG; its geometry goes to <out>.json.")],
+    atlas_path: AtlasOption = None,
+) -> None:
+    """Write one atlas cross-section of a lobe as a mask PNG plus its mm geometry (JSON)."""
+    import numpy as np
+    from PIL import Image
+
+    from .io import atomic_path, ensure_writable_dir, write_json
+
+    with _input_errors():
+        ensure_writable_dir(out.parent)
+        cut = _load_atlas(atlas_path).section(side, view, level_mm)
+        with atomic_path(out) as tmp:
+            Image.fromarray(cut.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        write_json(out.with_suffix(".json"), {
+            "view": cut.view, "level_mm": cut.level_mm, "spacing_mm": cut.spacing_mm,
+            "origin_mm": cut.origin_mm, "row_dir": cut.row_dir, "col_dir": cut.col_dir,
+            "area_mm2": float(cut.mask.sum() * cut.spacing_mm ** 2)})
+    typer.echo(f"{view} section of the {side} lobe at {level_mm} mm: "
+               f"{cut.mask.sum() * cut.spacing_mm ** 2:.0f} mm2, written to {out}")
+
+
+@app.command("check-manifest")
+def check_manifest(
+    manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
+    allow_outside: Annotated[bool, typer.Option(
+        help="Allow file paths outside the manifest's folder.")] = False,
+) -> None:
+    """Validate a manifest: columns, values, files. Lists each bad case by id."""
+    from .manifest import read_manifest
+
+    with _input_errors():
+        result = read_manifest(manifest, allow_outside=allow_outside)
+    table = result.table
+    typer.echo(f"{len(table)} valid images, {table['patient_id'].nunique()} patients, "
+               f"{len(result.problems)} problem(s)")
+    _report_failures(result.problems, "case")
+
+
+@app.command("contact-sheet")
+def contact_sheet(
+    manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
+    out: Annotated[Path, typer.Option(help="Output PNG.")],
+    n: Annotated[int, typer.Option(help="Number of images.")] = 8,
+) -> None:
+    """Draw the first images of a manifest with thyroid (yellow) and nodule (red) outlines."""
+    from .io import ensure_writable_dir
+    from .manifest import read_manifest
+    from .qc import contact_sheet as draw
+
+    with _input_errors():
+        ensure_writable_dir(out.parent)
+        draw(read_manifest(manifest), out, n=n)
+    typer.echo(f"contact sheet written to {out}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
+    patients: Annotated[int, typer.Option(help="Phantom patients.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Run the chain on bundled defaults: atlas, then a phantom cohort (later stages join as
+    they are built)."""
+    from .demo import run_demo
+
+    with _input_errors():
+        summary = run_demo(out, n_patients=patients, seed=seed)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(app())

@@ -1,0 +1,143 @@
+"""Input/output helpers shared by every stage: atomic writes, NIfTI, JSON, errors.
+
+Every file llnm3d writes goes through :func:`atomic_path`, so a killed run leaves either the old
+file or the complete new one, never a truncated file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+
+class InputError(ValueError):
+    """Bad input from the user (a file, a parameter, a spec): reported as one line, exit code 2."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
+
+    The temporary name keeps the final suffixes (``.nii.gz``, ``.png``) so that libraries which
+    pick a format from the file name still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON atomically."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, turning a parse failure into an :class:`InputError` naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def write_volume(
+    path: str | os.PathLike,
+    array_zyx: np.ndarray,
+    origin_mm: np.ndarray,
+    spacing_mm: float,
+) -> None:
+    """Write a volume in atlas space (LPS, identity direction) as NIfTI, atomically.
+
+    Parameters
+    ----------
+    array_zyx : ndarray, shape (nz, ny, nx)
+        Voxel values, indexed ``[k, j, i]`` as SimpleITK arrays are.
+    origin_mm : ndarray, shape (3,)
+        Atlas (LPS) position of voxel (0, 0, 0), in mm.
+    spacing_mm : float
+        Isotropic voxel size in mm.
+    """
+    image = sitk.GetImageFromArray(array_zyx)
+    image.SetOrigin(tuple(float(v) for v in origin_mm))
+    image.SetSpacing((float(spacing_mm),) * 3)
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:
+    """Read a NIfTI volume written by :func:`write_volume`.
+
+    Returns
+    -------
+    array_zyx : ndarray, shape (nz, ny, nx)
+    origin_mm : ndarray, shape (3,)
+    spacing_mm : float
+
+    Raises
+    ------
+    InputError
+        If the file is missing, or its grid is not isotropic and axis-aligned in LPS.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    image = sitk.ReadImage(str(path))
+    spacing = np.array(image.GetSpacing())
+    if not np.allclose(spacing, spacing[0], rtol=1e-5):
+        raise InputError(f"{path}: voxel spacing {tuple(spacing)} is not isotropic")
+    if not np.allclose(np.array(image.GetDirection()), np.eye(3).ravel(), atol=1e-5):
+        raise InputError(f"{path}: direction is not the identity (atlas volumes are LPS-aligned)")
+    return sitk.GetArrayFromImage(image), np.array(image.GetOrigin()), float(spacing[0])
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written there.
+
+    Raises
+    ------
+    InputError
+        If the folder cannot be created or written to.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: output folder is not writable ({exc.strerror})") from None
+    return path

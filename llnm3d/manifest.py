@@ -1,0 +1,143 @@
+"""The cohort manifest: one CSV row per image (columns in DESIGN.md), read and validated.
+
+Problems are reported per row, by ``case_id``, so one broken case never stops a cohort: the
+valid rows are returned alongside the list of problems. Problems with the file itself (missing,
+unreadable, required columns absent) raise :class:`~llnm3d.io.InputError`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .io import InputError
+
+REQUIRED_COLUMNS = ("case_id", "patient_id", "nodule_id", "side", "view", "image")
+OPTIONAL_COLUMNS = ("thyroid_mask", "nodule_mask", "pixel_spacing_mm", "label", "age", "sex",
+                    "report", "flip_horizontal")
+SIDES = ("L", "R")
+VIEWS = ("transverse", "longitudinal")
+PATH_COLUMNS = ("image", "thyroid_mask", "nodule_mask")
+
+
+@dataclass
+class Manifest:
+    """A validated manifest.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        Valid rows, with normalised ``side`` (L/R), ``view``, numeric ``pixel_spacing_mm``,
+        ``label`` (0/1 or missing), ``age`` and ``sex``; extra columns kept as they were.
+    root : Path
+        Folder of the manifest; paths in the table are relative to it.
+    problems : list of (case_id, message)
+        Rows left out and why.
+    """
+
+    table: pd.DataFrame
+    root: Path
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def path(self, row: pd.Series, column: str) -> Path | None:
+        """Absolute path of a file column of a row (None where the cell is empty)."""
+        value = row.get(column)
+        return None if pd.isna(value) or value == "" else self.root / str(value)
+
+
+def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
+    """Read and validate a manifest CSV (comma or semicolon separated, with or without a BOM).
+
+    Parameters
+    ----------
+    path : path
+        The manifest file.
+    allow_outside : bool
+        Allow file paths that lead outside the manifest's folder (refused by default).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: manifest is not UTF-8 text") from None
+    header = text.splitlines()[0] if text else ""
+    delimiter = ";" if header.count(";") > header.count(",") else ","
+    try:
+        table = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False,
+                            encoding="utf-8-sig", quoting=csv.QUOTE_MINIMAL)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot parse manifest ({exc})") from None
+    table.columns = [c.strip() for c in table.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: manifest lacks required column(s) {', '.join(missing)}")
+    root = path.parent.resolve()
+    problems: list[tuple[str, str]] = []
+    keep = []
+    seen: set[str] = set()
+    for index, row in table.iterrows():
+        case_id = row["case_id"].strip() or f"row {index + 2}"
+        problem = _row_problem(row, root, allow_outside)
+        if problem is None and case_id in seen:
+            problem = "duplicate case_id"
+        if problem:
+            problems.append((case_id, problem))
+        else:
+            keep.append(index)
+        seen.add(case_id)
+    valid = _normalise(table.loc[keep].copy())
+    return Manifest(valid.reset_index(drop=True), root, problems)
+
+
+def _row_problem(row: pd.Series, root: Path, allow_outside: bool) -> str | None:
+    """The first problem of a row, or None."""
+    if not row["case_id"].strip():
+        return "empty case_id"
+    if row["side"].strip().upper() not in SIDES:
+        return f"unknown side {row['side']!r} (expected L or R)"
+    if row["view"].strip().lower() not in VIEWS:
+        return f"unknown view {row['view']!r} (expected transverse or longitudinal)"
+    for column in ("pixel_spacing_mm", "age"):
+        value = row.get(column, "").strip()
+        if value:
+            try:
+                number = float(value)
+            except ValueError:
+                return f"{column} {value!r} is not a number"
+            if not number > 0 and not (column == "age" and number == 0):
+                return f"{column} {value!r} must be positive"
+    if row.get("label", "").strip() not in ("", "0", "1"):
+        return f"label {row['label']!r} must be 0, 1 or empty"
+    if row.get("sex", "").strip().upper() not in ("", "F", "M"):
+        return f"sex {row['sex']!r} must be F, M or empty"
+    for column in PATH_COLUMNS:
+        value = row.get(column, "").strip()
+        if not value:
+            if column == "image":
+                return "no image path"
+            continue
+        target = (root / value).resolve()
+        if not allow_outside and not target.is_relative_to(root):
+            return f"{column} path {value!r} leads outside the cohort folder"
+        if not target.is_file():
+            return f"{column} file {value!r} not found"
+    return None
+
+
+def _normalise(table: pd.DataFrame) -> pd.DataFrame:
+    table["case_id"] = table["case_id"].str.strip()
+    table["side"] = table["side"].str.strip().str.upper()
+    table["view"] = table["view"].str.strip().str.lower()
+    for column in ("pixel_spacing_mm", "age"):
+        if column in table:
+            table[column] = pd.to_numeric(table[column].str.strip().replace("", None))
+    if "label" in table:
+        table["label"] = pd.to_numeric(table["label"].str.strip().replace("", None)).astype("Int64")
+    if "sex" in table:
+        table["sex"] = table["sex"].str.strip().str.upper()
+    return table

@@ -1,0 +1,341 @@
+"""Generate a phantom cohort: manifest, PNG images and masks, and a separate ground truth.
+
+Output folder layout::
+
+    manifest.csv        one row per image (DESIGN.md columns); what the pipeline reads
+    images/<case_id>.png
+    masks/<case_id>_thyroid.png, masks/<case_id>_nodule.png     (0 / 255)
+    truth.csv           one row per nodule: true centres (patient and atlas mm), shape,
+                        attributes, capsule distances, region, true risk, outcome
+    truth.json          seed, risk spec, per-patient deformation parameters and per-image
+                        plane geometry (patient mm): everything needed to rebuild the truth
+    phantom.json        the generation parameters (checked when a run resumes)
+
+No pipeline stage reads ``truth.*``; only validation code compares against it.
+
+Each patient draws from its own random stream (spawned from the seed), so the output does not
+depend on the number of workers, and a killed run resumes: patients whose files all exist are
+not rendered again, and the tables are rewritten at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..atlas import REGION_NAMES, Atlas
+from ..io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
+from .deform import PatientDeformation
+from .nodules import Nodule, report_text, sample_nodules, tirads_level, tirads_points
+from .risk import RiskSpec
+from .ultrasound import ViewPlane, render_view
+
+VIEWS = ("transverse", "longitudinal")
+MANIFEST_COLUMNS = ["case_id", "patient_id", "nodule_id", "side", "view", "image", "thyroid_mask",
+                    "nodule_mask", "pixel_spacing_mm", "label", "age", "sex", "report"]
+
+
+@dataclass
+class Phantom:
+    """A generated cohort: its folder, the manifest and truth tables, and any failures."""
+
+    out_dir: Path
+    manifest: pd.DataFrame
+    truth: pd.DataFrame
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    image_size_px: int
+    spacing_range_mm: tuple[float, float]
+    max_nodules: int
+    render: bool
+
+
+@dataclass
+class _Patient:
+    """Everything drawn for one patient before any image is rendered."""
+
+    patient_id: str
+    age: int
+    sex: str
+    deformation: PatientDeformation
+    nodules: list[Nodule]
+    covariates: list[dict]
+    risk: np.ndarray
+    labels: np.ndarray
+    spacing_mm: float
+    skin_y_mm: float
+    planes: dict[str, ViewPlane]
+    image_streams: list[np.random.SeedSequence]
+
+
+def make_phantom(out_dir: str | Path, n_patients: int, seed: int = 0,
+                 risk_spec: RiskSpec | None = None, atlas: Atlas | None = None,
+                 image_size_px: int = 256, spacing_range_mm: tuple[float, float] = (0.12, 0.18),
+                 max_nodules: int = 3, workers: int | None = None, progress: bool = True
+                 ) -> Phantom:
+    """Generate a phantom cohort with planted truth.
+
+    Parameters
+    ----------
+    out_dir : path
+        Output folder (created). Re-running into the same folder with the same parameters
+        resumes; different parameters raise :class:`~llnm3d.io.InputError`.
+    n_patients : int
+        Number of patients; each has 1 to ``max_nodules`` nodules and two images per nodule.
+    seed : int
+        Seed of all randomness (recorded in phantom.json and truth.json).
+    risk_spec : RiskSpec, optional
+        Planted risk model; :meth:`RiskSpec.default` if omitted.
+    atlas : Atlas, optional
+        Atlas the patients are deformed from; :meth:`Atlas.default` if omitted. It must carry
+        landmarks (trachea, carotids) for the ultrasound simulation.
+    image_size_px : int
+        Images are square, this many pixels a side.
+    spacing_range_mm : (float, float)
+        Pixel spacing is drawn per patient from this range (recorded per image).
+    max_nodules : int
+        At most this many nodules per patient.
+    workers : int, optional
+        Worker processes (default: all cores); 1 runs in this process. The output does not
+        depend on it.
+    progress : bool
+        Show a progress bar.
+    """
+    if not 64 <= image_size_px <= 2048:
+        raise InputError(f"image size {image_size_px} px is outside 64-2048")
+    out_dir = ensure_writable_dir(out_dir)
+    risk_spec = risk_spec or RiskSpec.default()
+    atlas = atlas or Atlas.default()
+    if not {"trachea", "carotid_right", "carotid_left"} <= set(atlas.landmarks):
+        raise InputError("atlas has no trachea/carotid landmarks; the phantom needs them")
+    _check_resume(out_dir, {"format": "llnm3d-phantom/1", "n_patients": n_patients, "seed": seed,
+                            "image_size_px": image_size_px,
+                            "spacing_range_mm": list(spacing_range_mm),
+                            "max_nodules": max_nodules, "risk_spec": risk_spec.data,
+                            "atlas": atlas.metadata, "llnm3d_version": __version__})
+    for sub in ("images", "masks"):
+        (out_dir / sub).mkdir(exist_ok=True)
+    settings = _Settings(image_size_px, tuple(spacing_range_mm), max_nodules, render=True)
+    results, failed = _run_patients(n_patients, seed, atlas, risk_spec, settings, out_dir,
+                                    workers, progress)
+    manifest = pd.DataFrame([row for r in results for row in r["manifest"]],
+                            columns=MANIFEST_COLUMNS)
+    truth = pd.DataFrame([row for r in results for row in r["truth"]])
+    _write_csv(out_dir / "manifest.csv", manifest)
+    _write_csv(out_dir / "truth.csv", truth)
+    write_json(out_dir / "truth.json", {
+        "format": "llnm3d-phantom-truth/1",
+        "seed": seed,
+        "n_patients": n_patients,
+        "llnm3d_version": __version__,
+        "risk_spec": risk_spec.data,
+        "prevalence": float(truth["label"].mean()) if len(truth) else None,
+        "failed": [{"patient_id": p, "reason": r} for p, r in failed],
+        "patients": {r["patient_id"]: r["patient"] for r in results},
+    })
+    return Phantom(out_dir, manifest, truth, failed)
+
+
+def sample_truth(n_patients: int, seed: int = 0, risk_spec: RiskSpec | None = None,
+                 atlas: Atlas | None = None, max_nodules: int = 3, workers: int | None = None,
+                 progress: bool = False) -> pd.DataFrame:
+    """The truth table :func:`make_phantom` would write for these arguments, without images.
+
+    Draws exactly the same patients, nodules and outcomes (same random streams), about ten
+    times faster, for studies of the planted risk model over large cohorts.
+    """
+    settings = _Settings(256, (0.12, 0.18), max_nodules, render=False)
+    results, _ = _run_patients(n_patients, seed, atlas or Atlas.default(),
+                               risk_spec or RiskSpec.default(), settings, None, workers, progress)
+    return pd.DataFrame([row for r in results for row in r["truth"]])
+
+
+def _run_patients(n_patients, seed, atlas, spec, settings, out_dir, workers, progress):
+    """Run every patient (in worker processes unless ``workers == 1``), in patient order."""
+    if n_patients < 1:
+        raise InputError(f"number of patients must be at least 1, got {n_patients}")
+    streams = np.random.SeedSequence(seed).spawn(n_patients)
+    width = max(5, len(str(n_patients)))
+    jobs = [(f"P{i + 1:0{width}d}", streams[i]) for i in range(n_patients)]
+    workers = min(workers or os.cpu_count() or 1, n_patients)
+    context = (atlas, spec, settings, out_dir)
+    results, failed = [], []
+    bar = tqdm(total=n_patients, desc="phantom", unit="patient", disable=not progress)
+    pool = None
+    if workers == 1:
+        _init_worker(*context)
+        outcomes = map(_patient_job, jobs)
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_init_worker,
+                                                      initargs=context)
+        outcomes = pool.map(_patient_job, jobs, chunksize=8)
+    try:
+        for patient_id, outcome in outcomes:
+            if isinstance(outcome, str):
+                failed.append((patient_id, outcome))
+            else:
+                results.append(outcome)
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return results, failed
+
+
+def _check_resume(out_dir: Path, params: dict) -> None:
+    record = out_dir / "phantom.json"
+    if record.exists() and read_json(record) != params:
+        raise InputError(f"{out_dir} holds a phantom made with other parameters; "
+                         "use a new folder or delete it")
+    write_json(record, params)
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(atlas: Atlas, spec: RiskSpec, settings: _Settings, out_dir: Path | None
+                 ) -> None:
+    # Parallelism is across patients; threaded BLAS inside each worker only oversubscribes.
+    threadpool_limits(1)
+    lobe_points = {}
+    for side in ("R", "L"):
+        k, j, i = np.nonzero(atlas.lobe_mask(side))
+        lobe_points[side] = atlas.voxel_to_world(np.stack([i, j, k], axis=1))
+    _WORKER.update(atlas=atlas, spec=spec, settings=settings, out_dir=out_dir,
+                   lobe_points=lobe_points)
+
+
+def _patient_job(job: tuple[str, np.random.SeedSequence]) -> tuple[str, dict | str]:
+    patient_id, stream = job
+    try:
+        patient = _sample_patient(patient_id, stream)
+        result = {"patient_id": patient_id, "truth": _truth_rows(patient)}
+        if _WORKER["settings"].render:
+            result["manifest"] = _render_patient(patient)
+            result["patient"] = {
+                "age": patient.age, "sex": patient.sex, "skin_y_mm": patient.skin_y_mm,
+                "deformation": patient.deformation.as_dict(),
+                "images": {case_id: plane.as_dict() for case_id, plane in patient.planes.items()},
+            }
+        return patient_id, result
+    except Exception as exc:  # one broken patient is reported and the cohort goes on
+        return patient_id, f"{type(exc).__name__}: {exc}"
+
+
+def _sample_patient(patient_id: str, stream: np.random.SeedSequence) -> _Patient:
+    atlas, spec, settings = _WORKER["atlas"], _WORKER["spec"], _WORKER["settings"]
+    anatomy_stream, image_stream = stream.spawn(2)
+    rng = np.random.default_rng(anatomy_stream)
+    centres = {lobe: np.asarray(atlas.lobe_axes[lobe]["centre_mm"]) for lobe in (1, 2)}
+    deformation = PatientDeformation.random(rng, centres)
+    age = int(np.clip(np.round(rng.normal(45, 13)), 18, 85))
+    sex = "F" if rng.random() < 0.75 else "M"
+    nodules = sample_nodules(rng, atlas, deformation, _WORKER["lobe_points"],
+                             settings.max_nodules)
+    covariates = [_covariates(n, age, sex) for n in nodules]
+    risk = spec.probability(pd.DataFrame(covariates))
+    labels = (rng.random(len(nodules)) < risk).astype(int)
+    spacing = float(np.round(rng.uniform(*settings.spacing_range_mm), 4))
+    skin_y = float(deformation.to_patient(np.array([0.0, -2.0, 0.0]))[0, 1]
+                   - rng.uniform(5.0, 9.0))
+    planes = {}
+    for nodule in nodules:
+        for view in VIEWS:
+            planes[_case_id(patient_id, nodule, view)] = ViewPlane.through(
+                view, nodule.centre_mm, skin_y, spacing, (settings.image_size_px,) * 2,
+                rng.uniform(-4.0, 4.0))
+    return _Patient(patient_id, age, sex, deformation, nodules, covariates, risk, labels, spacing,
+                    skin_y, planes, image_stream.spawn(len(planes)))
+
+
+def _case_id(patient_id: str, nodule: Nodule, view: str) -> str:
+    return f"{patient_id}-N{nodule.nodule_id}-{view[:5]}"
+
+
+def _truth_rows(patient: _Patient) -> list[dict]:
+    rows = []
+    for nodule, cov, p, label in zip(patient.nodules, patient.covariates, patient.risk,
+                                     patient.labels):
+        rows.append({
+            "patient_id": patient.patient_id, "nodule_id": nodule.nodule_id, "side": nodule.side,
+            **{f"centre_patient_{a}_mm": v for a, v in zip("xyz", nodule.centre_mm)},
+            **{f"centre_atlas_{a}_mm": v for a, v in zip("xyz", nodule.atlas_centre_mm)},
+            **{f"semi_axis_{a}_mm": v for a, v in zip("xyz", nodule.semi_axes_mm)},
+            "rotation_z_deg": nodule.rotation_z_deg,
+            "region": nodule.region, "region_name": REGION_NAMES.get(nodule.region, "outside"),
+            **cov,
+            "tirads_points": tirads_points(nodule),
+            "tirads_level": tirads_level(tirads_points(nodule)),
+            "n_calcifications": len(nodule.calcifications_mm),
+            "risk": float(p), "label": int(label),
+        })
+    return rows
+
+
+def _render_patient(patient: _Patient) -> list[dict]:
+    """Render (or, on resume, reuse) every image of a patient; return its manifest rows."""
+    atlas, out_dir = _WORKER["atlas"], _WORKER["out_dir"]
+    streams = iter(patient.image_streams)
+    rows = []
+    for nodule, label in zip(patient.nodules, patient.labels):
+        report = report_text(nodule)
+        for view in VIEWS:
+            case_id = _case_id(patient.patient_id, nodule, view)
+            files = {"image": f"images/{case_id}.png",
+                     "thyroid_mask": f"masks/{case_id}_thyroid.png",
+                     "nodule_mask": f"masks/{case_id}_nodule.png"}
+            stream = next(streams)
+            if not all((out_dir / f).exists() for f in files.values()):
+                image, thyroid, nodule_mask = render_view(
+                    patient.planes[case_id], atlas, patient.deformation, patient.nodules, nodule,
+                    np.random.default_rng(stream))
+                _write_png(out_dir / files["image"], image)
+                _write_png(out_dir / files["thyroid_mask"], thyroid.astype(np.uint8) * 255)
+                _write_png(out_dir / files["nodule_mask"], nodule_mask.astype(np.uint8) * 255)
+            rows.append({"case_id": case_id, "patient_id": patient.patient_id,
+                         "nodule_id": nodule.nodule_id, "side": nodule.side, "view": view,
+                         **files, "pixel_spacing_mm": patient.spacing_mm, "label": int(label),
+                         "age": patient.age, "sex": patient.sex, "report": report})
+    return rows
+
+
+def _covariates(nodule: Nodule, age: int, sex: str) -> dict:
+    """The risk-spec covariates of one nodule (see :mod:`llnm3d.phantom.risk`)."""
+    x, y, z = nodule.atlas_centre_mm
+    return {
+        "capsule_distance_mm": nodule.capsule_distance_mm,
+        "centre_capsule_distance_mm": nodule.centre_capsule_distance_mm,
+        "diameter_mm": nodule.diameter_mm,
+        "x_mm": x, "y_mm": y, "z_mm": z, "abs_x_mm": abs(x),
+        "taller_than_wide": int(nodule.taller_than_wide),
+        "microcalcification": int(nodule.microcalcification),
+        "age_years": age,
+        "lobe": "right" if nodule.side == "R" else "left",
+        "lobe_third": nodule.third_name(),
+        "echogenicity": nodule.echogenicity,
+        "margin": nodule.margin,
+        "sex": sex,
+    }

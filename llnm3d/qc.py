@@ -1,0 +1,59 @@
+"""Quality-control pictures of a cohort: a contact sheet of images with mask outlines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from .io import atomic_path
+from .manifest import Manifest
+
+THYROID_COLOUR = (255, 215, 0)
+NODULE_COLOUR = (255, 40, 40)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """One-pixel inner boundary of a boolean mask."""
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def overlay(image: np.ndarray, masks: list[tuple[np.ndarray | None, tuple[int, int, int]]]
+            ) -> np.ndarray:
+    """RGB copy of a grayscale ``image`` (H, W) with each mask's outline drawn in its colour."""
+    rgb = np.repeat(image[..., None], 3, axis=2).astype(np.uint8)
+    for mask, colour in masks:
+        if mask is not None and mask.shape == image.shape:
+            rgb[outline(mask)] = colour
+    return rgb
+
+
+def _load_mask(path: Path | None) -> np.ndarray | None:
+    return None if path is None else np.asarray(Image.open(path).convert("L")) >= 128
+
+
+def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns: int = 4,
+                  tile_px: int = 256) -> Path:
+    """Write a PNG grid of the first ``n`` images of a manifest with mask outlines.
+
+    Thyroid masks are outlined in yellow, nodule masks in red; each tile is captioned with its
+    case id and side.
+    """
+    rows = manifest.table.head(n)
+    n_rows = max(1, -(-len(rows) // columns))
+    caption_px = 16
+    sheet = Image.new("RGB", (columns * tile_px, n_rows * (tile_px + caption_px)), "black")
+    draw = ImageDraw.Draw(sheet)
+    for index, (_, row) in enumerate(rows.iterrows()):
+        image = np.asarray(Image.open(manifest.path(row, "image")).convert("L"))
+        rgb = overlay(image, [(_load_mask(manifest.path(row, "thyroid_mask")), THYROID_COLOUR),
+                              (_load_mask(manifest.path(row, "nodule_mask")), NODULE_COLOUR)])
+        tile = Image.fromarray(rgb).resize((tile_px, tile_px), Image.Resampling.NEAREST)
+        x, y = (index % columns) * tile_px, (index // columns) * (tile_px + caption_px)
+        sheet.paste(tile, (x, y + caption_px))
+        draw.text((x + 4, y + 2), f"{row['case_id']} ({row['side']})", fill="white")
+    with atomic_path(out_path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(out_path)
