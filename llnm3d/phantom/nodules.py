@@ -11,7 +11,7 @@ longest diameter       log-normal, median 6 mm (LLNM-Net cohort: 6.3 mm), sigma 
 echogenicity           hyperechoic 10 %, isoechoic 25 %, hypoechoic 50 %, very hypoechoic 15 %
 margin                 smooth 55 %, lobulated 25 %, irregular 20 %
 taller than wide       25 % (antero-posterior axis 1.05-1.4 x the transverse axis)
-microcalcification     30 % (3-12 punctate echogenic foci)
+microcalcification     30 % (2-12 punctate echogenic foci, about one per mm of diameter)
 =====================  ===============================================================
 
 A nodule is an ellipsoid in the patient's body (semi-axes along x, y, z, then turned about z by
@@ -161,7 +161,8 @@ def _sample_one(rng, atlas, deformation, lobe_points, nodule_id, others) -> Nodu
                 -atlas.capsule_distance_mm(nodule.atlas_centre_mm[None])[0])
             nodule.region = int(atlas.region_of(nodule.atlas_centre_mm[None])[0])
             if nodule.microcalcification:
-                count = int(rng.integers(3, 13))
+                # about one focus per mm of diameter: a few in a small nodule, up to 12
+                count = int(np.clip(round(diameter * rng.uniform(0.4, 1.0)), 2, 12))
                 local = rng.uniform(-0.7, 0.7, (count, 3)) * nodule.semi_axes_mm
                 nodule.calcifications_mm = local @ nodule._rotation().T + nodule.centre_mm
             return nodule

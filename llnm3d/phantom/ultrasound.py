@@ -168,7 +168,7 @@ def render_view(plane: ViewPlane, atlas: Atlas, deformation: PatientDeformation,
             for point in offset[near]:
                 r = point @ np.asarray(plane.row_dir) / plane.spacing_mm
                 c = point @ np.asarray(plane.col_dir) / plane.spacing_mm
-                spot = (rows - r) ** 2 + (cols - c) ** 2 < (0.35 / plane.spacing_mm) ** 2
+                spot = (rows - r) ** 2 + (cols - c) ** 2 < (0.25 / plane.spacing_mm) ** 2
                 echo[spot] = 1.6
 
     for name, structure in atlas.landmarks.items():
