@@ -43,15 +43,16 @@ def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns:
     """
     rows = manifest.table.head(n)
     n_rows = max(1, -(-len(rows) // columns))
-    caption_px = 16
-    sheet = Image.new("RGB", (columns * tile_px, n_rows * (tile_px + caption_px)), "black")
+    caption_px, gutter_px = 16, 4
+    cell_w, cell_h = tile_px + gutter_px, tile_px + caption_px + gutter_px
+    sheet = Image.new("RGB", (columns * cell_w, n_rows * cell_h), "black")
     draw = ImageDraw.Draw(sheet)
     for index, (_, row) in enumerate(rows.iterrows()):
         image = np.asarray(Image.open(manifest.path(row, "image")).convert("L"))
         rgb = overlay(image, [(_load_mask(manifest.path(row, "thyroid_mask")), THYROID_COLOUR),
                               (_load_mask(manifest.path(row, "nodule_mask")), NODULE_COLOUR)])
         tile = Image.fromarray(rgb).resize((tile_px, tile_px), Image.Resampling.NEAREST)
-        x, y = (index % columns) * tile_px, (index // columns) * (tile_px + caption_px)
+        x, y = (index % columns) * cell_w, (index // columns) * cell_h
         sheet.paste(tile, (x, y + caption_px))
         draw.text((x + 4, y + 2), f"{row['case_id']} ({row['side']})", fill="white")
     with atomic_path(out_path) as tmp:

@@ -11,7 +11,8 @@ tissue it shows. The intensity model, in order:
   parenchyma, isoechoic about equal, hypoechoic darker, very hypoechoic darker than the strap
   muscles) with low-frequency internal texture, punctate echogenic foci for microcalcifications;
 - the carotid artery: anechoic lumen, bright wall, posterior acoustic enhancement;
-- the trachea: a bright curved ring at the air interface and an acoustic shadow below it;
+- the trachea: a bright curved ring at the air interface, an acoustic shadow below it, and
+  fading reverberation bands at multiples of the interface's depth;
 - multiplicative speckle (Rayleigh amplitude of correlated complex Gaussian noise, longer
   laterally than axially), depth attenuation, log-like compression to 8 bits.
 """
@@ -116,6 +117,16 @@ def _below(mask: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(mask, axis=0) & ~mask
 
 
+def _reverberation(wall: np.ndarray, depth_mm: np.ndarray) -> np.ndarray:
+    """Fading bright bands behind an air interface, repeating at the interface's depth (the
+    echo bouncing between probe and air)."""
+    has_wall = wall.any(axis=0)
+    wall_depth = np.where(has_wall, depth_mm[np.argmax(wall, axis=0), 0], 1e9)
+    bounces = depth_mm / wall_depth
+    band = np.abs(bounces - np.round(bounces)) * wall_depth < 0.4
+    return np.where(band & (bounces > 1.5), 0.5 / np.maximum(bounces, 1.0), 0.0)
+
+
 def render_view(plane: ViewPlane, atlas: Atlas, deformation: PatientDeformation,
                 nodules: list[Nodule], target: Nodule, rng: np.random.Generator,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,7 +193,8 @@ def render_view(plane: ViewPlane, atlas: Atlas, deformation: PatientDeformation,
             echo[lumen] = 0.02
         elif name == "trachea":
             wall = (np.abs(dist) < 0.8) & (atlas_xyz[..., 1] < cy)
-            echo[_below(wall)] = 0.05
+            shadow = _below(wall)
+            echo[shadow] = 0.05 + _reverberation(wall, depth_mm)[shadow]
             echo[wall] = 1.4
 
     field = rng.normal(size=(2, height, width))

@@ -1,0 +1,76 @@
+"""Render the README figures: the atlas (regions, two views) and a phantom contact sheet.
+
+Usage::
+
+    python examples/make_figures.py docs
+
+Rendering is off-screen (VTK through EGL), so it works on a headless machine.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+import numpy as np  # noqa: E402
+import pyvista as pv  # noqa: E402
+
+from llnm3d import Atlas  # noqa: E402
+from llnm3d.atlas import REGION_NAMES  # noqa: E402
+from llnm3d.manifest import read_manifest  # noqa: E402
+from llnm3d.phantom import make_phantom  # noqa: E402
+from llnm3d.qc import contact_sheet  # noqa: E402
+
+pv.OFF_SCREEN = True
+
+REGION_COLOURS = {11: "#c6dbef", 12: "#6baed6", 13: "#2171b5", 21: "#fdd0a2", 22: "#fd8d3c",
+                  23: "#d94801", 30: "#a1d99b"}
+
+
+def render_atlas(atlas: Atlas, out_path: Path) -> None:
+    """Anterior and right-lateral views of the capsule, coloured by region."""
+    surface = pv.wrap(atlas.surface)
+    inward = atlas.surface.vertices - 0.75 * atlas.surface.vertex_normals
+    regions = atlas.region_of(inward)
+    # A vertex whose inward probe misses the gland takes the nearest labelled vertex's region.
+    labelled = regions > 0
+    if not labelled.all():
+        from scipy.spatial import cKDTree
+
+        _, nearest = cKDTree(inward[labelled]).query(inward[~labelled])
+        regions[~labelled] = regions[labelled][nearest]
+    colours = np.array([[int(REGION_COLOURS[r][i:i + 2], 16) for i in (1, 3, 5)]
+                        for r in regions], dtype=np.uint8)
+    surface.point_data["rgb"] = colours
+    plotter = pv.Plotter(shape=(1, 2), off_screen=True, window_size=(1400, 650))
+    views = [("Anterior view (patient right on the left)", (0, -160, 8), "R", "L"),
+             ("Right lateral view (anterior on the right)", (-160, 8, 8), "P", "A")]
+    for index, (title, position, left, right) in enumerate(views):
+        plotter.subplot(0, index)
+        plotter.add_mesh(surface, scalars="rgb", rgb=True, smooth_shading=True)
+        plotter.add_text(title, font_size=11)
+        plotter.add_text(left, position="left_edge", font_size=14)
+        plotter.add_text(right, position="right_edge", font_size=14)
+        plotter.camera_position = [position, (0, 8, 6), (0, 0, 1)]
+    legend = [(REGION_NAMES[k], REGION_COLOURS[k]) for k in sorted(REGION_COLOURS)]
+    plotter.add_legend(legend, bcolor="#303030", size=(0.26, 0.30), loc="lower right")
+    plotter.screenshot(str(out_path))
+    plotter.close()
+
+
+def main(out_dir: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atlas = Atlas.default()
+    render_atlas(atlas, out / "atlas.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort = make_phantom(tmp, 4, seed=0, atlas=atlas, progress=False)
+        contact_sheet(read_manifest(cohort.out_dir / "manifest.csv"),
+                      out / "phantom_contact_sheet.png", n=8)
+    print(f"figures written to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs")
