@@ -261,15 +261,13 @@ class Atlas:
         else:
             raise InputError(f"unknown view {view!r}: expected transverse or longitudinal")
         shape = (int(n_rows / self.spacing_mm) + 1, int(n_cols / self.spacing_mm) + 1)
-        section = Section(np.zeros(shape, bool), origin, row_dir, col_dir, self.spacing_mm, view,
-                          float(level_mm))
-        rows, cols = np.indices(shape)
-        points = section.pixel_to_atlas(rows, cols)
-        inside = self.capsule_distance_mm(points) < 0
+        rows, cols = np.indices(shape).reshape(2, -1)
+        points = origin + self.spacing_mm * (rows[:, None] * row_dir + cols[:, None] * col_dir)
         parts = self.region_of(points) // 10
         selected = (parts == part) | ((parts == ISTHMUS) & include_isthmus)
-        section.mask[...] = (inside & selected).reshape(shape)
-        return section
+        mask = (self.capsule_distance_mm(points) < 0) & selected
+        return Section(mask.reshape(shape), origin, row_dir, col_dir, self.spacing_mm, view,
+                       float(level_mm))
 
     # -- persistence --------------------------------------------------------------------------
 

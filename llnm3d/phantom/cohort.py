@@ -113,6 +113,7 @@ def make_phantom(out_dir: str | Path, n_patients: int, seed: int = 0,
     progress : bool
         Show a progress bar.
     """
+    _require_patients(n_patients)
     if not 64 <= image_size_px <= 2048:
         raise InputError(f"image size {image_size_px} px is outside 64-2048")
     out_dir = ensure_writable_dir(out_dir)
@@ -156,6 +157,7 @@ def sample_truth(n_patients: int, seed: int = 0, risk_spec: RiskSpec | None = No
     Draws exactly the same patients, nodules and outcomes (same random streams), about ten
     times faster, for studies of the planted risk model over large cohorts.
     """
+    _require_patients(n_patients)
     settings = _Settings(256, (0.12, 0.18), max_nodules, render=False)
     results, _ = _run_patients(n_patients, seed, atlas or Atlas.default(),
                                risk_spec or RiskSpec.default(), settings, None, workers, progress)
@@ -164,8 +166,6 @@ def sample_truth(n_patients: int, seed: int = 0, risk_spec: RiskSpec | None = No
 
 def _run_patients(n_patients, seed, atlas, spec, settings, out_dir, workers, progress):
     """Run every patient (in worker processes unless ``workers == 1``), in patient order."""
-    if n_patients < 1:
-        raise InputError(f"number of patients must be at least 1, got {n_patients}")
     streams = np.random.SeedSequence(seed).spawn(n_patients)
     width = max(5, len(str(n_patients)))
     jobs = [(f"P{i + 1:0{width}d}", streams[i]) for i in range(n_patients)]
@@ -193,6 +193,11 @@ def _run_patients(n_patients, seed, atlas, spec, settings, out_dir, workers, pro
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results, failed
+
+
+def _require_patients(n_patients: int) -> None:
+    if n_patients < 1:
+        raise InputError(f"number of patients must be at least 1, got {n_patients}")
 
 
 def _check_resume(out_dir: Path, params: dict) -> None:
