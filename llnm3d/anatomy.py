@@ -80,7 +80,8 @@ class ThyroidShape:
 
     def lobe_centre_mm(self, lobe: int) -> np.ndarray:
         side = 1.0 if lobe == LEFT else -1.0
-        return np.array([side * self.lobe_centre_x_mm, self.lobe_centre_y_mm, self.lobe_centre_z_mm])
+        return np.array([side * self.lobe_centre_x_mm, self.lobe_centre_y_mm,
+                         self.lobe_centre_z_mm])
 
     def landmarks(self) -> dict[str, dict]:
         """Structures around the gland used to simulate ultrasound (cylinders along z)."""

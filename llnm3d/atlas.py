@@ -187,7 +187,8 @@ class Atlas:
 
     def world_to_voxel(self, points_mm: np.ndarray) -> np.ndarray:
         """Fractional voxel coordinates (i, j, k), shape (N, 3), of atlas points (mm)."""
-        return (np.atleast_2d(np.asarray(points_mm, dtype=float)) - self.origin_mm) / self.spacing_mm
+        points = np.atleast_2d(np.asarray(points_mm, dtype=float))
+        return (points - self.origin_mm) / self.spacing_mm
 
     def voxel_to_world(self, ijk: np.ndarray) -> np.ndarray:
         """Atlas positions (mm), shape (N, 3), of voxel coordinates (i, j, k)."""

@@ -19,6 +19,10 @@ app = typer.Typer(help="3D spatial statistics of lateral lymph node metastasis i
                        "cancer.", no_args_is_help=True, add_completion=False,
                   rich_markup_mode="markdown")
 
+ResizeMasksOption = Annotated[bool, typer.Option(
+    help="Resize masks of another size than their image to it (nearest neighbour), e.g. the "
+         "LLNM-Net samples' 256x256 masks; by default a size mismatch fails the case.")]
+
 EXIT_CASES_FAILED = 1
 EXIT_INPUT_ERROR = 2
 
@@ -170,6 +174,75 @@ def contact_sheet(
         ensure_writable_dir(out.parent)
         draw(read_manifest(manifest), out, n=n)
     typer.echo(f"contact sheet written to {out}")
+
+
+@app.command()
+def features(
+    manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
+    out: Annotated[Path, typer.Option(help="Output CSV (one row per image).")],
+    resize_masks: ResizeMasksOption = False,
+) -> None:
+    """Morphology features (shape, echogenicity contrast, margin, texture) per image."""
+    from .features import write_features
+    from .io import ensure_writable_dir
+
+    with _input_errors():
+        ensure_writable_dir(out.parent)
+        failures = write_features(manifest, out, resize_masks=resize_masks)
+    typer.echo(f"features written to {out}")
+    _report_failures(failures, "case")
+
+
+@app.command()
+def train(
+    manifest: Annotated[Path, typer.Option(help="Manifest CSV with labels.")],
+    view: Annotated[str, typer.Option(help="transverse or longitudinal.")],
+    out: Annotated[Path, typer.Option(help="Output folder (model, checkpoint, history).")],
+    config: Annotated[str, typer.Option(help="Model config: small or full.")] = "small",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Random seed (split, initialisation, order).")] = 0,
+    modality_dropout: Annotated[float, typer.Option(
+        help="Per-case probability of hiding each optional input (thyroid mask, report, age, "
+             "sex) during training.")] = 0.15,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if "
+                                                       "available).")] = None,
+) -> None:
+    """Train LLNM-Net on one view; resumes from the checkpoint in --out."""
+    from .train import TrainSettings
+    from .train import train as run
+
+    with _input_errors():
+        result = run(manifest, view, out, TrainSettings(config=config, epochs=epochs,
+                                                        batch_size=batch_size,
+                                                        learning_rate=learning_rate, seed=seed,
+                                                        modality_dropout=modality_dropout),
+                     device=device)
+    typer.echo(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "
+               f"val AUC {result['val_auc']:.3f}; model in {out}")
+    _report_failures(result["failures"], "case")
+
+
+@app.command()
+def heatmap(
+    manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    model_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder with transverse.* and longitudinal.* models (default: bundled).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per GradCAM++ pass.")] = 16,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if "
+                                                       "available).")] = None,
+    resize_masks: ResizeMasksOption = False,
+) -> None:
+    """LLNM probability and a GradCAM++ heatmap per image (resumable)."""
+    from .heatmap import compute_heatmaps
+
+    with _input_errors():
+        result = compute_heatmaps(manifest, out, model_dir=model_dir, batch_size=batch_size,
+                                  device=device, resize_masks=resize_masks)
+    typer.echo(f"{len(result.predictions)} predictions and heatmaps in {out}")
+    _report_failures(result.failures, "case")
 
 
 @app.command()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sklearn.metrics import roc_auc_score
+
 from .atlas import Atlas
+from .heatmap import compute_heatmaps
 from .io import ensure_writable_dir, write_json
 from .manifest import read_manifest
 from .phantom import make_phantom
@@ -13,18 +16,25 @@ from .qc import contact_sheet
 
 def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
              progress: bool = True) -> dict:
-    """Build the atlas and a phantom cohort under ``out_dir``; return (and save) a summary.
+    """Run the chain so far under ``out_dir``; return (and save) a summary.
 
-    Writes ``atlas/``, ``phantom/`` (with ``contact_sheet.png``) and ``summary.json``.
-    Idempotent: a second run with the same arguments reuses what is complete.
+    Writes ``atlas/``, ``phantom/`` (with ``contact_sheet.png``), ``heatmaps/`` (bundled
+    LLNM-Net predictions and GradCAM++ heatmaps) and ``summary.json``. Idempotent: a second run
+    with the same arguments reuses what is complete.
     """
     out_dir = ensure_writable_dir(out_dir)
     atlas = Atlas.default()
     atlas.save(out_dir / "atlas")
     cohort = make_phantom(out_dir / "phantom", n_patients, seed=seed, atlas=atlas,
                           progress=progress)
-    sheet = contact_sheet(read_manifest(cohort.out_dir / "manifest.csv"),
-                          cohort.out_dir / "contact_sheet.png")
+    manifest_path = cohort.out_dir / "manifest.csv"
+    sheet = contact_sheet(read_manifest(manifest_path), cohort.out_dir / "contact_sheet.png")
+    heatmaps = compute_heatmaps(manifest_path, out_dir / "heatmaps", progress=progress)
+    scored = heatmaps.predictions.merge(cohort.manifest[["case_id", "label"]], on="case_id")
+    per_view = {view: round(float(roc_auc_score(group["label"], group["probability"])), 3)
+                for view, group in scored.groupby("view")}
+    per_nodule = scored.groupby(["patient_id", "nodule_id"]).agg(
+        probability=("probability", "mean"), label=("label", "first"))
     summary = {
         "atlas": str(out_dir / "atlas"),
         "gland_volume_ml": round(atlas.surface.volume / 1000, 2),
@@ -35,6 +45,11 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
         "llnm_prevalence": round(float(cohort.truth["label"].mean()), 3),
         "failed_patients": len(cohort.failed),
         "contact_sheet": str(sheet),
+        "heatmaps": str(out_dir / "heatmaps"),
+        "model_auc_per_view": per_view,
+        "model_auc_per_nodule": round(float(roc_auc_score(per_nodule["label"],
+                                                          per_nodule["probability"])), 3),
+        "failed_images": len(heatmaps.failures),
         "seed": seed,
     }
     write_json(out_dir / "summary.json", summary)

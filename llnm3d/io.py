@@ -9,12 +9,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
+from PIL import Image
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(identifier: str) -> str:
+    """A file-name-safe form of a case id: characters other than letters, digits, '.', '_' and
+    '-' become '_' (and a leading '.' too, so no hidden files)."""
+    name = _UNSAFE.sub("_", str(identifier))
+    return "_" + name[1:] if name.startswith(".") else name
 
 
 class InputError(ValueError):
@@ -72,6 +84,34 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def read_grayscale(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as a 2D uint8 array, refusing decompression bombs (more than
+    :data:`MAX_IMAGE_PIXELS`) before decoding."""
+    with Image.open(path) as image:
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise InputError(f"{path}: image of {image.width}x{image.height} pixels is too large")
+        return np.asarray(image.convert("L"))
+
+
+def read_mask(path: str | os.PathLike | None,
+              resize_to: tuple[int, int] | None = None) -> np.ndarray | None:
+    """Read a mask file as bool (gray >= 128, so JPEG masks work); None for no path.
+
+    With ``resize_to`` (rows, cols), a mask of another size is resized to it (nearest
+    neighbour): for cohorts whose masks were drawn on resized images, such as the LLNM-Net
+    samples (256x256 masks on images of various sizes).
+    """
+    if path is None:
+        return None
+    mask = read_grayscale(path)
+    if resize_to is not None and mask.shape != tuple(resize_to):
+        mask = np.asarray(Image.fromarray(mask).resize(resize_to[::-1], Image.Resampling.NEAREST))
+    return mask >= 128
 
 
 def write_volume(

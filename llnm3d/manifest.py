@@ -30,8 +30,9 @@ class Manifest:
     Attributes
     ----------
     table : pandas.DataFrame
-        Valid rows, with normalised ``side`` (L/R), ``view``, numeric ``pixel_spacing_mm``,
-        ``label`` (0/1 or missing), ``age`` and ``sex``; extra columns kept as they were.
+        Valid rows, with normalised ``side`` (L/R, or "" when unknown), ``view``, numeric
+        ``pixel_spacing_mm``, ``label`` (0/1 or missing), ``age`` and ``sex``; extra columns
+        kept as they were.
     root : Path
         Folder of the manifest; paths in the table are relative to it.
     problems : list of (case_id, message)
@@ -98,8 +99,8 @@ def _row_problem(row: pd.Series, root: Path, allow_outside: bool) -> str | None:
     """The first problem of a row, or None."""
     if not row["case_id"].strip():
         return "empty case_id"
-    if row["side"].strip().upper() not in SIDES:
-        return f"unknown side {row['side']!r} (expected L or R)"
+    if row["side"].strip().upper() not in (*SIDES, ""):
+        return f"unknown side {row['side']!r} (expected L, R, or empty when unknown)"
     if row["view"].strip().lower() not in VIEWS:
         return f"unknown view {row['view']!r} (expected transverse or longitudinal)"
     for column in ("pixel_spacing_mm", "age"):

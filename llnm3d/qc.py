@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .io import atomic_path
+from .io import atomic_path, read_grayscale, read_mask
 from .manifest import Manifest
 
 THYROID_COLOUR = (255, 215, 0)
@@ -30,10 +30,6 @@ def overlay(image: np.ndarray, masks: list[tuple[np.ndarray | None, tuple[int, i
     return rgb
 
 
-def _load_mask(path: Path | None) -> np.ndarray | None:
-    return None if path is None else np.asarray(Image.open(path).convert("L")) >= 128
-
-
 def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns: int = 4,
                   tile_px: int = 256) -> Path:
     """Write a PNG grid of the first ``n`` images of a manifest with mask outlines.
@@ -48,9 +44,9 @@ def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns:
     sheet = Image.new("RGB", (columns * cell_w, n_rows * cell_h), "black")
     draw = ImageDraw.Draw(sheet)
     for index, (_, row) in enumerate(rows.iterrows()):
-        image = np.asarray(Image.open(manifest.path(row, "image")).convert("L"))
-        rgb = overlay(image, [(_load_mask(manifest.path(row, "thyroid_mask")), THYROID_COLOUR),
-                              (_load_mask(manifest.path(row, "nodule_mask")), NODULE_COLOUR)])
+        image = read_grayscale(manifest.path(row, "image"))
+        rgb = overlay(image, [(read_mask(manifest.path(row, "thyroid_mask")), THYROID_COLOUR),
+                              (read_mask(manifest.path(row, "nodule_mask")), NODULE_COLOUR)])
         tile = Image.fromarray(rgb).resize((tile_px, tile_px), Image.Resampling.NEAREST)
         x, y = (index % columns) * cell_w, (index // columns) * cell_h
         sheet.paste(tile, (x, y + caption_px))

@@ -3,6 +3,7 @@ import pytest
 
 from llnm3d import Atlas
 from llnm3d.phantom import make_phantom
+from llnm3d.train import TrainSettings, train
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,15 @@ def cohort(tmp_path_factory, atlas):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def model_dir(cohort, tmp_path_factory):
+    """Both views trained briefly on the small cohort (untrained-quality, real code path)."""
+    folder = tmp_path_factory.mktemp("models")
+    for view in ("transverse", "longitudinal"):
+        train(cohort.out_dir / "manifest.csv", view, folder / view,
+              TrainSettings(epochs=1, batch_size=8, warmup_epochs=1), progress=False, workers=1)
+        for suffix in (".safetensors", ".json"):
+            (folder / view / f"model{suffix}").rename(folder / f"{view}{suffix}")
+    return folder

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -9,7 +10,8 @@ from typer.testing import CliRunner
 from llnm3d.cli import app
 
 runner = CliRunner()
-COMMANDS = ["atlas", "phantom", "section", "check-manifest", "contact-sheet", "demo"]
+COMMANDS = ["atlas", "phantom", "section", "check-manifest", "contact-sheet", "features",
+            "train", "heatmap", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -108,3 +110,47 @@ def test_demo_runs_and_is_idempotent(tmp_path):
     second = runner.invoke(app, args)
     assert second.exit_code == 0
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_features_train_and_heatmap_commands(cohort, model_dir, tmp_path):
+    manifest = str(cohort.out_dir / "manifest.csv")
+    result = runner.invoke(app, ["features", "--manifest", manifest,
+                                 "--out", str(tmp_path / "features.csv")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "features.csv")
+    assert len(table) == len(cohort.manifest) and table["aspect_ratio"].notna().all()
+
+    result = runner.invoke(app, ["train", "--manifest", manifest, "--view", "longitudinal",
+                                 "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "best epoch 1" in result.output
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+    result = runner.invoke(app, ["heatmap", "--manifest", manifest, "--out",
+                                 str(tmp_path / "heat"), "--model-dir", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "heat" / "predictions.csv")) == len(cohort.manifest)
+
+
+def test_train_rejects_unknown_view(cohort, tmp_path):
+    result = runner.invoke(app, ["train", "--manifest", str(cohort.out_dir / "manifest.csv"),
+                                 "--view", "sagittal", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown view" in result.stderr
+
+
+def test_mismatched_masks_fail_per_case_unless_resized(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((60, 80), 120, np.uint8)).save(tmp_path / "img.png")
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    (tmp_path / "manifest.csv").write_text(
+        "case_id,patient_id,nodule_id,side,view,image,nodule_mask\n"
+        "c1,p1,1,,transverse,img.png,mask.png\n")
+    args = ["features", "--manifest", str(tmp_path / "manifest.csv"), "--out",
+            str(tmp_path / "f.csv")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "c1" in result.stderr and "shape" in result.stderr
+    assert runner.invoke(app, [*args, "--resize-masks"]).exit_code == 0

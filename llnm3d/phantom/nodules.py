@@ -7,7 +7,8 @@ confounded by morphology):
 attribute              distribution
 =====================  ===============================================================
 longest diameter       log-normal, median 6 mm (LLNM-Net cohort: 6.3 mm), sigma 0.45,
-                       clipped to 3-20 mm; shrunk when a large nodule does not fit
+                       clipped to 3-20 mm; shrunk (by 15 % steps, down to 3 mm) when a
+                       nodule does not fit; a further nodule that never fits is dropped
 echogenicity           hyperechoic 10 %, isoechoic 25 %, hypoechoic 50 %, very hypoechoic 15 %
 margin                 smooth 55 %, lobulated 25 %, irregular 20 %
 taller than wide       25 % (antero-posterior axis 1.05-1.4 x the transverse axis)
@@ -115,11 +116,18 @@ def sample_nodules(rng: np.random.Generator, atlas: Atlas, deformation: PatientD
     count = min(1 + rng.poisson(0.4), max_nodules)
     nodules: list[Nodule] = []
     for nodule_id in range(1, count + 1):
-        nodules.append(_sample_one(rng, atlas, deformation, lobe_points, nodule_id, nodules))
+        nodule = _sample_one(rng, atlas, deformation, lobe_points, nodule_id, nodules)
+        if nodule is None:
+            if not nodules:
+                raise RuntimeError("could not place a nodule in either lobe")
+            break  # the lobes are full: this patient keeps the nodules placed so far
+        nodules.append(nodule)
     return nodules
 
 
-def _sample_one(rng, atlas, deformation, lobe_points, nodule_id, others) -> Nodule:
+def _sample_one(rng, atlas, deformation, lobe_points, nodule_id, others) -> Nodule | None:
+    """One nodule placed wholly inside the gland and clear of ``others``; None if none fits
+    after shrinking it down to 3 mm."""
     side = "R" if rng.random() < 0.5 else "L"
     diameter = float(np.clip(6.0 * np.exp(0.45 * rng.normal()), 3.0, 20.0))
     taller = bool(rng.random() < TALLER_THAN_WIDE_RATE)
@@ -141,8 +149,8 @@ def _sample_one(rng, atlas, deformation, lobe_points, nodule_id, others) -> Nodu
         microcalcification=bool(rng.random() < MICROCALCIFICATION_RATE), margin_waves=waves,
     )
     points = lobe_points[side]
-    for attempt in range(200):
-        if attempt and attempt % 40 == 0:
+    for attempt in range(400):
+        if attempt and attempt % 25 == 0:
             diameter = max(3.0, diameter * 0.85)
         # diameter is the longest axis: scale the three semi-axes so their maximum is d/2.
         ratios = np.array([1.0, ap_ratio, cc_ratio])
@@ -166,7 +174,7 @@ def _sample_one(rng, atlas, deformation, lobe_points, nodule_id, others) -> Nodu
                 local = rng.uniform(-0.7, 0.7, (count, 3)) * nodule.semi_axes_mm
                 nodule.calcifications_mm = local @ nodule._rotation().T + nodule.centre_mm
             return nodule
-    raise RuntimeError(f"could not place a {diameter:.1f} mm nodule in the {side} lobe")
+    return None
 
 
 def tirads_points(nodule: Nodule) -> int:

@@ -16,9 +16,10 @@ Each term has a ``"type"``:
     ``{"type": "linear", "covariate": C, "coefficient": b, "centre": c}``: ``b * (C - c)``
     (``centre`` defaults to 0). For numeric covariates.
 ``step``
-    ``{"type": "step", "covariate": C, "thresholds": [t1, ..., tk], "coefficients": [b0, ..., bk]}``:
-    ``b_i`` where ``i`` is the number of thresholds ``<= C`` (so ``b0`` below ``t1``). Thresholds
-    strictly increasing; one more coefficient than thresholds.
+    ``{"type": "step", "covariate": C, "thresholds": [t1, ..., tk],
+    "coefficients": [b0, ..., bk]}``: ``b_i`` where ``i`` is the number of thresholds ``<= C``
+    (so ``b0`` below ``t1``). Thresholds strictly increasing; one more coefficient than
+    thresholds.
 ``categorical``
     ``{"type": "categorical", "covariate": C, "coefficients": {"level": b, ...}}``: ``b`` of the
     nodule's level; levels not listed contribute 0.
@@ -171,7 +172,8 @@ def _validate(data: dict, source: str) -> None:
                 fail(where, "centre must be a number")
         else:
             thresholds, coefs = term.get("thresholds"), term.get("coefficients")
-            if not (isinstance(thresholds, list) and thresholds and all(map(_is_number, thresholds))):
+            if not (isinstance(thresholds, list) and thresholds
+                    and all(map(_is_number, thresholds))):
                 fail(where, "thresholds must be a non-empty list of numbers")
             if np.any(np.diff(thresholds) <= 0):
                 fail(where, "thresholds must be strictly increasing")

@@ -1,0 +1,144 @@
+"""Model-ready inputs for the cases of a manifest: location maps, report tokens, features.
+
+:func:`load_cases` reads every image of a manifest (in worker processes), builds its location
+feature map (:mod:`llnm3d.inputs`), morphology features (:mod:`llnm3d.features`) and report
+tokens (:mod:`llnm3d.text`), and reports each case that cannot be read by its id while the rest
+load.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .features import FEATURE_NAMES, nodule_features
+from .inputs import Geometry, location_feature_map
+from .io import read_grayscale, read_mask
+from .manifest import Manifest
+from .model import sex_codes
+from .text import encode
+
+@dataclass
+class Cases:
+    """Inputs of the readable cases of a manifest, row-aligned with ``table``.
+
+    Attributes
+    ----------
+    table : DataFrame
+        The manifest rows that loaded.
+    maps : ndarray of uint8, shape (N, 4, 224, 224)
+        Location feature maps quantised to 0..255 (see :meth:`batch`).
+    geometries : list of Geometry
+        Per case, how the image was padded and resized.
+    tokens : ndarray of int64, shape (N, L)
+    features : ndarray of float32, shape (N, n_features)
+        Raw features in :data:`~llnm3d.features.FEATURE_NAMES` order (NaN where unavailable).
+    failures : list of (case_id, reason)
+    """
+
+    table: pd.DataFrame
+    maps: np.ndarray
+    geometries: list[Geometry]
+    tokens: np.ndarray
+    features: np.ndarray
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def batch(self, index: np.ndarray, device: str | torch.device = "cpu") -> dict:
+        """Model keyword arguments for the cases at ``index``."""
+        rows = self.table.iloc[index]
+        age = pd.to_numeric(rows.get("age", pd.Series(np.nan, index=rows.index)),
+                            errors="coerce").to_numpy(np.float32)
+        sex = sex_codes(rows.get("sex", pd.Series("", index=rows.index)))
+        return {
+            "image": torch.from_numpy(self.maps[index].astype(np.float32) / 255).to(device),
+            "report_tokens": torch.from_numpy(self.tokens[index]).to(device),
+            "features": torch.from_numpy(self.features[index]).to(device),
+            "sex": torch.from_numpy(sex).to(device),
+            "age": torch.from_numpy(age).to(device),
+        }
+
+    def labels(self) -> np.ndarray:
+        """Outcome per case (0/1; -1 where missing)."""
+        return self.table["label"].fillna(-1).to_numpy(int) if "label" in self.table \
+            else np.full(len(self.table), -1)
+
+
+def _load_one(task: tuple) -> tuple[str, tuple | str]:
+    case_id, image_path, nodule_path, thyroid_path, spacing, report, max_length, resize = task
+    try:
+        image = read_grayscale(image_path)
+        if nodule_path is None:
+            return case_id, "no nodule mask"
+        nodule = read_mask(nodule_path, image.shape if resize else None)
+        thyroid = read_mask(thyroid_path, image.shape if resize else None)
+        spacing = None if spacing is None or not np.isfinite(spacing) else float(spacing)
+        values = nodule_features(image, nodule, spacing_mm=spacing, thyroid_mask=thyroid)
+        channels, geometry = location_feature_map(image, nodule, thyroid, spacing)
+        maps = np.round(channels * 255).astype(np.uint8)
+        features = np.array([values[name] for name in FEATURE_NAMES], np.float32)
+        return case_id, (maps, geometry, encode(report, max_length), features)
+    except Exception as exc:  # one unreadable case is reported; the others load
+        return case_id, f"{type(exc).__name__}: {exc}"
+
+
+def load_cases(manifest: Manifest, view: str | None = None, max_length: int = 48,
+               workers: int | None = None, progress: bool = True,
+               resize_masks: bool = False) -> Cases:
+    """Load the cases of a manifest (optionally one view only) as model inputs.
+
+    ``resize_masks`` resizes masks of another size than their image to it (see
+    :func:`llnm3d.io.read_mask`); by default a size mismatch fails the case.
+    """
+    table = manifest.table
+    if view is not None:
+        table = table[table["view"] == view]
+    tasks = []
+    for _, row in table.iterrows():
+        spacing = row.get("pixel_spacing_mm")
+        report = row.get("report")
+        tasks.append((row["case_id"], manifest.path(row, "image"),
+                      manifest.path(row, "nodule_mask"), manifest.path(row, "thyroid_mask"),
+                      None if pd.isna(spacing) else float(spacing),
+                      "" if pd.isna(report) else str(report), max_length, resize_masks))
+    workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
+    bar = tqdm(total=len(tasks), desc="loading cases", unit="image", disable=not progress)
+    results: dict[str, tuple] = {}
+    failures: list[tuple[str, str]] = []
+    if workers == 1:
+        outcomes = map(_load_one, tasks)
+        pool = None
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(workers)
+        outcomes = pool.map(_load_one, tasks, chunksize=16)
+    try:
+        for case_id, outcome in outcomes:
+            if isinstance(outcome, str):
+                failures.append((case_id, outcome))
+            else:
+                results[case_id] = outcome
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    keep = table[table["case_id"].isin(results)].reset_index(drop=True)
+    loaded = [results[c] for c in keep["case_id"]]
+    n_features = len(FEATURE_NAMES)
+    return Cases(
+        table=keep,
+        maps=np.stack([r[0] for r in loaded]) if loaded else np.zeros((0, 4, 224, 224), np.uint8),
+        geometries=[r[1] for r in loaded],
+        tokens=np.stack([r[2] for r in loaded]) if loaded else np.zeros((0, max_length), int),
+        features=np.stack([r[3] for r in loaded]) if loaded else np.zeros((0, n_features),
+                                                                           np.float32),
+        failures=failures,
+    )

@@ -1,0 +1,190 @@
+"""GradCAM++ heatmaps and LLNM predictions per image (``llnm3d heatmap``).
+
+GradCAM++ (the ``grad-cam`` package) runs on the image tokens of a late layer of LLNM-Net
+(:attr:`LLNMNet.gradcam_layer`), reshaped from patch tokens to a 14x14 map
+(:meth:`LLNMNet.patch_map`), with the LLNM class as target. The map is upsampled to 224x224,
+scaled to 0..1 per image, and mapped back onto the original image's pixel grid.
+
+Output folder::
+
+    heatmaps/<case_id>.npz    heatmap (float32, image shape, 0..1), probability, view, model
+    overlays/<case_id>.png    the image with the heatmap blended on top, for people
+    predictions.csv           case_id, patient_id, nodule_id, view, probability, model_version
+
+Resumable: a case whose ``.npz`` exists is not computed again, and predictions.csv is rebuilt
+from the ``.npz`` files at the end. A case that cannot be read is reported by its id; the others
+complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+from tqdm.auto import tqdm
+
+from .cases import Cases, load_cases
+from .inputs import to_image_space
+from .io import InputError, atomic_path, ensure_writable_dir, read_grayscale, safe_name
+from .manifest import read_manifest
+from .model import LLNMNet, load_model
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
+VIEWS = ("transverse", "longitudinal")
+LLNM_CLASS = 1
+
+
+class _BoundInputs(nn.Module):
+    """LLNM-Net with its non-image inputs fixed, so the CAM library can call ``model(image)``."""
+
+    def __init__(self, model: LLNMNet, inputs: dict):
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image, **self.inputs)
+
+
+def load_view_model(view: str, model_dir: str | Path | None = None,
+                    device: str | torch.device = "cpu") -> tuple[LLNMNet, dict]:
+    """The model for one view: ``<model_dir>/<view>.safetensors`` (bundled weights by default)."""
+    model_dir = Path(model_dir) if model_dir else MODEL_DIR
+    path = model_dir / view
+    if not path.with_suffix(".safetensors").exists():
+        raise InputError(f"no {view} model in {model_dir} ({path.name}.safetensors); "
+                         "train one with `llnm3d train` or pass --model-dir")
+    return load_model(path, device)
+
+
+def gradcam_batch(model: LLNMNet, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """GradCAM++ maps (B, 224, 224) scaled 0..1 per image, and LLNM probabilities (B,)."""
+    cam = GradCAMPlusPlus(model=_BoundInputs(model, {k: v for k, v in inputs.items()
+                                                     if k != "image"}),
+                          target_layers=[model.gradcam_layer],
+                          reshape_transform=model.patch_map)
+    image = inputs["image"]
+    maps = cam(input_tensor=image, targets=[ClassifierOutputTarget(LLNM_CLASS)] * len(image))
+    probability = torch.softmax(cam.outputs.detach(), dim=1)[:, LLNM_CLASS].cpu().numpy()
+    cam.activations_and_grads.release()
+    return np.nan_to_num(maps.astype(np.float32)), probability
+
+
+# Perceptually ordered dark-to-bright colour ramp (inferno-like) for overlays.
+_RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
+                 dtype=float)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 image (H, W, 3): the grayscale ``image`` with ``heatmap`` (0..1) blended on."""
+    position = np.clip(heatmap, 0, 1) * (len(_RAMP) - 1)
+    lower = np.minimum(position.astype(int), len(_RAMP) - 2)
+    frac = (position - lower)[..., None]
+    colour = _RAMP[lower] * (1 - frac) + _RAMP[lower + 1] * frac
+    weight = alpha * np.clip(heatmap, 0, 1)[..., None]
+    gray = np.repeat(image[..., None].astype(float), 3, axis=2)
+    return np.round(gray * (1 - weight) + colour * weight).astype(np.uint8)
+
+
+@dataclass
+class HeatmapResult:
+    """Predictions of every finished case and the cases that failed."""
+
+    predictions: pd.DataFrame
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _write_case(out_dir: Path, cases: Cases, position: int, cam_map: np.ndarray,
+                probability: float, version: str, image_path: Path) -> None:
+    row = cases.table.iloc[position]
+    heatmap = to_image_space(cam_map, cases.geometries[position]).clip(0, 1).astype(np.float32)
+    name = safe_name(row["case_id"])
+    with atomic_path(out_dir / "overlays" / f"{name}.png") as tmp:
+        Image.fromarray(overlay(read_grayscale(image_path), heatmap)).save(tmp, format="PNG")
+    # The .npz goes last: its presence marks the case as finished.
+    with atomic_path(out_dir / "heatmaps" / f"{name}.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, heatmap=heatmap, probability=np.float32(probability),
+                                case_id=str(row["case_id"]), view=str(row["view"]),
+                                model_version=version)
+
+
+def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
+                     model_dir: str | Path | None = None, batch_size: int = 16,
+                     device: str | None = None, workers: int | None = None,
+                     progress: bool = True, resize_masks: bool = False) -> HeatmapResult:
+    """Predict LLNM and compute a GradCAM++ heatmap for every image of a manifest.
+
+    Parameters
+    ----------
+    manifest_path : path
+        Cohort manifest (DESIGN.md columns); each image needs a nodule mask.
+    out_dir : path
+        Output folder (layout in the module docstring).
+    model_dir : path, optional
+        Folder with ``transverse.*`` and ``longitudinal.*`` models; default the bundled ones.
+    batch_size : int
+        Images per GradCAM++ pass.
+    device : str, optional
+        ``cpu`` or ``cuda``; default CUDA when available.
+    resize_masks : bool
+        Resize masks of another size than their image to it (see :func:`llnm3d.io.read_mask`).
+    """
+    out_dir = ensure_writable_dir(out_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    manifest = read_manifest(manifest_path)
+    failures = list(manifest.problems)
+    done = {p.stem for p in (out_dir / "heatmaps").glob("*.npz")}
+    manifest.table = manifest.table[~manifest.table["case_id"].map(safe_name).isin(done)]
+    for view in VIEWS:
+        if not (manifest.table["view"] == view).any():
+            continue
+        model, record = load_view_model(view, model_dir, device)
+        version = f"{record.get('llnm3d_version', '?')}/{view}/epoch{record.get('epoch', '?')}"
+        cases = load_cases(manifest, view=view, max_length=model.config.report_length,
+                           workers=workers, progress=progress, resize_masks=resize_masks)
+        failures.extend(cases.failures)
+        bar = tqdm(total=len(cases), desc=f"heatmaps ({view})", unit="image",
+                   disable=not progress)
+        for start in range(0, len(cases), batch_size):
+            index = np.arange(start, min(start + batch_size, len(cases)))
+            maps, probability = gradcam_batch(model, cases.batch(index, device))
+            for offset, position in enumerate(index):
+                row = cases.table.iloc[position]
+                _write_case(out_dir, cases, position, maps[offset], float(probability[offset]),
+                            version, manifest.path(row, "image"))
+            bar.update(len(index))
+        bar.close()
+    predictions = _collect_predictions(out_dir, read_manifest(manifest_path).table)
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        predictions.to_csv(tmp, index=False)
+    return HeatmapResult(predictions, failures)
+
+
+def _collect_predictions(out_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for path in sorted((out_dir / "heatmaps").glob("*.npz")):
+        with np.load(path) as data:
+            rows.append({"case_id": str(data["case_id"]), "view": str(data["view"]),
+                         "probability": float(data["probability"]),
+                         "model_version": str(data["model_version"])})
+    predictions = pd.DataFrame(rows, columns=["case_id", "view", "probability", "model_version"])
+    ids = table[["case_id", "patient_id", "nodule_id"]]
+    merged = ids.merge(predictions, on="case_id", how="inner")
+    return merged[["case_id", "patient_id", "nodule_id", "view", "probability", "model_version"]]
+
+
+def load_heatmap(out_dir: str | Path, case_id: str) -> np.ndarray:
+    """The heatmap (float32, image shape, 0..1) of one case from a heatmap folder."""
+    path = Path(out_dir) / "heatmaps" / f"{safe_name(case_id)}.npz"
+    if not path.exists():
+        raise InputError(f"{path}: no heatmap for case {case_id!r}")
+    with np.load(path) as data:
+        return data["heatmap"]

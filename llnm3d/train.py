@@ -1,0 +1,263 @@
+"""Training LLNM-Net on a cohort (``llnm3d train``), one view at a time.
+
+Splits are by ``patient_id``: a patient is never on both sides. A manifest may carry its own
+``split`` column (``train``/``val``); a split that puts a patient on both sides is refused.
+Without one, patients are split at random (seeded).
+
+Each epoch reports validation loss and AUC; the best epoch by validation loss is saved as
+``model.safetensors`` + ``model.json``. After every epoch the full training state (weights,
+optimiser, epoch, history, random state) is saved to ``checkpoint.safetensors`` +
+``checkpoint.json``, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .cases import Cases, load_cases
+from .io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
+from .manifest import read_manifest
+from .model import SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training hyper-parameters."""
+
+    config: str = "small"
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    val_fraction: float = 0.2
+    seed: int = 0
+    modality_dropout: float = 0.15
+
+
+def split_by_patient(table: pd.DataFrame, val_fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val) of a case table, splitting by ``patient_id``.
+
+    Uses the table's ``split`` column (train/val) when it has one, after checking that no
+    patient is on both sides; otherwise draws a seeded random split of the patients.
+    """
+    if "split" in table:
+        split = table["split"].astype(str).str.strip().str.lower()
+        unknown = set(split) - {"train", "val"}
+        if unknown:
+            raise InputError(f"split column has values {sorted(unknown)}; expected train/val")
+        check_patient_split(table.loc[split == "train", "patient_id"],
+                            table.loc[split == "val", "patient_id"])
+        return np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    patients = np.array(sorted(table["patient_id"].unique()))
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(val_fraction * len(patients))))
+    val_patients = set(rng.permutation(patients)[:n_val])
+    is_val = table["patient_id"].isin(val_patients).to_numpy()
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def check_patient_split(train_patients, val_patients) -> None:
+    """Raise InputError when a patient appears on both sides of a split."""
+    leaked = sorted(set(train_patients) & set(val_patients))
+    if leaked:
+        shown = ", ".join(map(str, leaked[:5])) + (" ..." if len(leaked) > 5 else "")
+        raise InputError(f"{len(leaked)} patient(s) on both sides of the train/val split "
+                         f"({shown}); a patient's images must all be on one side")
+
+
+def _set_feature_scaling(model: LLNMNet, features: np.ndarray) -> None:
+    mean = np.nan_to_num(np.nanmean(features, axis=0))
+    std = np.nan_to_num(np.nanstd(features, axis=0), nan=1.0)
+    model.feature_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+    model.feature_std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32)))
+
+
+def predict_proba(model: LLNMNet, cases: Cases, index: np.ndarray | None = None,
+                  batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+    """LLNM probability per case, shape (N,)."""
+    index = np.arange(len(cases)) if index is None else index
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(index), batch_size):
+            logits = model(**cases.batch(index[start:start + batch_size], device))
+            out.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _evaluate(model, cases, index, labels, device) -> tuple[float, float]:
+    p = np.clip(predict_proba(model, cases, index, device=device), 1e-7, 1 - 1e-7)
+    y = labels[index]
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    auc = float(roc_auc_score(y, p)) if len(set(y)) == 2 else float("nan")
+    return loss, auc
+
+
+def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator) -> dict:
+    """Hide inputs at random, per case, so the model learns to predict without them.
+
+    Each case independently loses, with probability ``rate``: its thyroid mask (proximity
+    channel and availability flag zeroed, as for images without one), its report (all
+    padding), its age (NaN) and its sex (unknown). Without this a model trained on complete
+    phantom cases would meet a missing thyroid mask or report for the first time on real data.
+    """
+    if rate <= 0:
+        return inputs
+    batch = inputs["image"].shape[0]
+    draws = (torch.rand(4, batch, generator=generator) < rate).to(inputs["image"].device)
+    image = inputs["image"].clone()
+    image[draws[0], 1] = 0.0
+    image[draws[0], 3] = 0.0
+    tokens = inputs["report_tokens"].masked_fill(draws[1][:, None], 0)
+    age = inputs["age"].masked_fill(draws[2], float("nan"))
+    sex = inputs["sex"].masked_fill(draws[3], SEX_UNKNOWN)
+    return {**inputs, "image": image, "report_tokens": tokens, "age": age, "sex": sex}
+
+
+def _learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    total = settings.epochs * steps_per_epoch
+    warmup = settings.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return settings.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _save_checkpoint(out_dir: Path, model, optimiser, state: dict) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optimiser_state = optimiser.state_dict()
+    for param_id, values in optimiser_state["state"].items():
+        for name, value in values.items():
+            tensors[f"optimiser.{param_id}.{name}"] = torch.as_tensor(value).cpu().contiguous()
+    with atomic_path(out_dir / "checkpoint.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(out_dir / "checkpoint.json",
+               {**state, "param_groups": optimiser_state["param_groups"]})
+
+
+def _load_checkpoint(out_dir: Path, model, optimiser) -> dict:
+    tensors = load_file(str(out_dir / "checkpoint.safetensors"))
+    state = read_json(out_dir / "checkpoint.json")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimiser_state: dict = {"state": {}, "param_groups": state.pop("param_groups")}
+    for key, value in tensors.items():
+        if key.startswith("optimiser."):
+            _, param_id, name = key.split(".", 2)
+            optimiser_state["state"].setdefault(int(param_id), {})[name] = value
+    optimiser.load_state_dict(optimiser_state)
+    return state
+
+
+def train(manifest_path: str | Path, view: str, out_dir: str | Path,
+          settings: TrainSettings = TrainSettings(), device: str | None = None,
+          workers: int | None = None, progress: bool = True) -> dict:
+    """Train LLNM-Net on one view of a cohort; return a summary (history, best epoch, paths).
+
+    Parameters
+    ----------
+    manifest_path : path
+        Cohort manifest; rows need a 0/1 ``label``.
+    view : {"transverse", "longitudinal"}
+    out_dir : path
+        Receives ``model.*`` (best epoch), ``checkpoint.*`` (resume state), ``history.csv``.
+    settings : TrainSettings
+    device : str, optional
+        ``cpu`` or ``cuda``; default CUDA when available.
+    """
+    if view not in ("transverse", "longitudinal"):
+        raise InputError(f"unknown view {view!r}: expected transverse or longitudinal")
+    out_dir = ensure_writable_dir(out_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(settings.seed)
+    manifest = read_manifest(manifest_path)
+    cases = load_cases(manifest, view=view, workers=workers, progress=progress)
+    labelled = cases.labels() >= 0
+    if labelled.sum() < 10:
+        raise InputError(f"{manifest_path}: only {labelled.sum()} labelled {view} images")
+    train_index, val_index = split_by_patient(cases.table, settings.val_fraction, settings.seed)
+    train_index = train_index[labelled[train_index]]
+    val_index = val_index[labelled[val_index]]
+    if not len(train_index) or not len(val_index):
+        raise InputError(f"the split leaves {len(train_index)} training and {len(val_index)} "
+                         f"validation {view} images; both need some")
+    labels = cases.labels()
+
+    model = LLNMNet(config_named(settings.config)).to(device)
+    _set_feature_scaling(model, cases.features[train_index])
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "position" in n]
+    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=settings.learning_rate)
+    run = {"manifest": str(manifest_path), "view": view, "settings": asdict(settings),
+           "n_train": int(len(train_index)), "n_val": int(len(val_index))}
+    state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "run": run}
+    if (out_dir / "checkpoint.json").exists():
+        saved = read_json(out_dir / "checkpoint.json")
+        if saved.get("run") != run:
+            raise InputError(f"{out_dir} holds a checkpoint of a different run; "
+                             "use a new folder or delete it")
+        state = _load_checkpoint(out_dir, model, optimiser)
+        torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+
+    steps_per_epoch = math.ceil(len(train_index) / settings.batch_size)
+    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+        # Per-epoch streams, so a resumed run draws exactly what an uninterrupted one would.
+        rng = np.random.default_rng([settings.seed, epoch])
+        generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+        model.train()
+        order = rng.permutation(train_index)
+        bar = tqdm(range(steps_per_epoch), desc=f"{view} epoch {epoch}/{settings.epochs}",
+                   unit="batch", disable=not progress, leave=False)
+        total = 0.0
+        for step in bar:
+            index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+            for group in optimiser.param_groups:
+                group["lr"] = _learning_rate(settings, (epoch - 1) * steps_per_epoch + step,
+                                             steps_per_epoch)
+            target = torch.from_numpy(labels[index]).to(device)
+            inputs = _drop_modalities(cases.batch(index, device), settings.modality_dropout,
+                                      generator)
+            loss = F.cross_entropy(model(**inputs), target)
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            total += loss.item() * len(index)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        val_loss, val_auc = _evaluate(model, cases, val_index, labels, device)
+        record = {"epoch": epoch, "train_loss": total / len(train_index), "val_loss": val_loss,
+                  "val_auc": val_auc}
+        state["history"].append(record)
+        if progress:
+            tqdm.write(f"{view} epoch {epoch}: train loss {record['train_loss']:.4f}, "
+                       f"val loss {val_loss:.4f}, val AUC {val_auc:.3f}")
+        if val_loss < state["best_val_loss"]:
+            state["best_val_loss"] = val_loss
+            save_model(model, out_dir / "model", metadata={
+                "view": view, "epoch": epoch, "val_loss": val_loss, "val_auc": val_auc,
+                "training": run})
+        state["epoch"] = epoch
+        _save_checkpoint(out_dir, model, optimiser,
+                         {**state, "torch_rng": torch.get_rng_state().tolist()})
+    history = pd.DataFrame(state["history"])
+    with atomic_path(out_dir / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    best = history.loc[history["val_loss"].idxmin()]
+    return {"out_dir": str(out_dir), "best_epoch": int(best["epoch"]),
+            "val_loss": float(best["val_loss"]), "val_auc": float(best["val_auc"]),
+            "parameters": parameter_count(model), "failures": cases.failures,
+            "history": history}

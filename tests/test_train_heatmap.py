@@ -1,0 +1,132 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from llnm3d import train as train_module
+from llnm3d.heatmap import compute_heatmaps, load_heatmap, overlay
+from llnm3d.inputs import location_feature_map, to_image_space
+from llnm3d.io import InputError
+from llnm3d.model import load_model
+from llnm3d.train import TrainSettings, check_patient_split, split_by_patient, train
+
+FAST = TrainSettings(epochs=2, batch_size=8, warmup_epochs=1, val_fraction=0.3)
+
+
+def test_location_map_channels_and_missing_thyroid():
+    image = np.full((100, 150), 128, np.uint8)
+    nodule = np.zeros((100, 150), bool)
+    nodule[40:60, 70:90] = True
+    thyroid = np.zeros((100, 150), bool)
+    thyroid[20:80, 40:120] = True
+    channels, geometry = location_feature_map(image, nodule, thyroid, spacing_mm=0.1)
+    assert channels.shape == (4, 224, 224) and channels.dtype == np.float32
+    assert channels[0].max() == pytest.approx(128 / 255, abs=1e-3)
+    assert channels[1].max() == pytest.approx(1.0, abs=0.05)  # at the capsule
+    # the nodule's nearest edge is 20 px = 2 mm from the capsule: exp(-2 mm / 2 mm)
+    assert channels[1][channels[2] > 0].max() == pytest.approx(np.exp(-1.0), abs=0.03)
+    assert np.all(channels[3] == 1)
+    bare, _ = location_feature_map(image, nodule, None, spacing_mm=0.1)
+    assert np.all(bare[1] == 0) and np.all(bare[3] == 0)
+    assert np.array_equal(bare[[0, 2]], channels[[0, 2]])
+    back = to_image_space(channels[2], geometry)
+    assert back.shape == (100, 150)
+    assert np.mean((back > 0.5) == nodule) > 0.98
+
+
+def test_split_by_patient_never_leaks_and_guard_fires():
+    table = pd.DataFrame({"patient_id": np.repeat([f"p{i}" for i in range(20)], 3)})
+    train_index, val_index = split_by_patient(table, 0.25, seed=1)
+    assert not set(table.loc[train_index, "patient_id"]) & set(table.loc[val_index, "patient_id"])
+    assert len(val_index) == 15
+    with pytest.raises(InputError, match="p3.*both sides|both sides.*p3"):
+        check_patient_split(["p1", "p3"], ["p3", "p4"])
+    table["split"] = ["train"] * 30 + ["val"] * 30
+    table.loc[29, "patient_id"] = "p15"  # p15 now on both sides
+    with pytest.raises(InputError, match="both sides"):
+        split_by_patient(table, 0.25, seed=1)
+
+
+def test_training_refuses_a_leaky_manifest_split(cohort, tmp_path):
+    manifest = pd.read_csv(cohort.out_dir / "manifest.csv")
+    # a patient's first nodule in train, their other nodules in validation: a leak
+    manifest["split"] = np.where(manifest["nodule_id"] == 1, "train", "val")
+    assert manifest.groupby("patient_id")["split"].nunique().max() == 2
+    path = cohort.out_dir / "manifest_leaky.csv"
+    manifest.to_csv(path, index=False)
+    with pytest.raises(InputError, match="both sides"):
+        train(path, "transverse", tmp_path, FAST, progress=False, workers=1)
+
+
+def test_train_saves_safetensors_and_resumes_identically(cohort, tmp_path, monkeypatch):
+    manifest = cohort.out_dir / "manifest.csv"
+    full = train(manifest, "transverse", tmp_path / "full", FAST, progress=False, workers=1)
+    assert list(full["history"]["epoch"]) == [1, 2]
+    assert (tmp_path / "full" / "model.safetensors").exists()
+    assert not list((tmp_path / "full").glob("*.pt"))
+
+    calls = {"n": 0}
+    real_evaluate = train_module._evaluate
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_evaluate", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(manifest, "transverse", tmp_path / "resumed", FAST, progress=False, workers=1)
+    monkeypatch.setattr(train_module, "_evaluate", real_evaluate)
+    resumed = train(manifest, "transverse", tmp_path / "resumed", FAST, progress=False,
+                    workers=1)
+    pd.testing.assert_frame_equal(resumed["history"], full["history"])
+    a, _ = load_model(tmp_path / "full" / "model")
+    b, _ = load_model(tmp_path / "resumed" / "model")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_heatmaps_files_ranges_and_resume(cohort, model_dir, tmp_path):
+    manifest = pd.read_csv(cohort.out_dir / "manifest.csv").head(6)
+    manifest.loc[5, "image"] = "images/missing.png"
+    path = cohort.out_dir / "manifest_six.csv"
+    manifest.to_csv(path, index=False)
+    result = compute_heatmaps(path, tmp_path, model_dir=model_dir, batch_size=4,
+                              progress=False, workers=1)
+    assert [case for case, _ in result.failures] == [manifest.loc[5, "case_id"]]
+    predictions = result.predictions
+    assert len(predictions) == 5
+    assert predictions["probability"].between(0, 1).all()
+    assert set(predictions["view"]) == {"transverse", "longitudinal"}
+    on_disk = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(on_disk.columns) == ["case_id", "patient_id", "nodule_id", "view", "probability",
+                                     "model_version"]
+    for case_id, image_path in zip(manifest["case_id"][:5], manifest["image"][:5]):
+        heat = load_heatmap(tmp_path, case_id)
+        image = np.asarray(Image.open(cohort.out_dir / image_path))
+        assert heat.shape == image.shape and heat.dtype == np.float32
+        assert 0 <= heat.min() and heat.max() <= 1
+        assert (tmp_path / "overlays" / f"{case_id}.png").exists()
+
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "heatmaps").glob("*.npz")}
+    again = compute_heatmaps(path, tmp_path, model_dir=model_dir, progress=False, workers=1)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "heatmaps").glob("*.npz")}
+    assert before == after  # finished cases were skipped
+    pd.testing.assert_frame_equal(again.predictions, predictions)
+
+
+def test_missing_model_is_an_input_error(cohort, tmp_path):
+    with pytest.raises(InputError, match="no transverse model"):
+        compute_heatmaps(cohort.out_dir / "manifest.csv", tmp_path, model_dir=tmp_path,
+                         progress=False, workers=1)
+
+
+def test_overlay_blends_only_where_hot():
+    image = np.full((4, 4), 100, np.uint8)
+    heat = np.zeros((4, 4))
+    heat[0, 0] = 1.0
+    rgb = overlay(image, heat)
+    assert rgb.shape == (4, 4, 3) and np.all(rgb[1:, 1:] == 100)
+    assert not np.all(rgb[0, 0] == 100)
