@@ -8,17 +8,20 @@ Usage::
 ``llnm3d phantom --patients 600 --seed 200 --out DIR``. Prints Markdown tables:
 
 - discrimination: AUC per view and per nodule (mean of the two views' probabilities) next to the
-  Bayes-optimal AUC of the planted risk model on the same cases (the true risk as the score);
+  Bayes-optimal AUC of the planted risk model on the same cases (the true risk as the score),
+  and per view with the thyroid mask withheld (as for images that have none);
 - heatmaps: fraction of heatmap mass inside the thyroid mask, and how often the heatmap's peak
   lies in the nodule or within 5 mm of it;
-- faithfulness: the drop of the LLNM logit when the 10 % most salient pixels are deleted
-  (location-map channels set to 0) versus 10 % random pixels;
+- faithfulness: the drop of the LLNM logit when the 10 % most salient pixels are deleted versus
+  10 % random pixels; deleting sets the B-mode channel to the image's mean grey (black would
+  read as hypoechoic, itself a risk sign) and the proximity and nodule channels to 0;
 - speed: heatmaps per second at batch sizes 1, 8 and 32, and GradCAM++ time over a plain
   forward pass on the same batch.
 """
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,14 @@ def heatmap_quality(cases, index, maps, manifest) -> tuple[np.ndarray, np.ndarra
     return np.array(mass), np.array(distance)
 
 
+def without_thyroid_mask(cases):
+    """The same cases as if no thyroid mask had been given."""
+    maps = cases.maps.copy()
+    maps[:, 1] = 0
+    maps[:, 3] = 0
+    return replace(cases, maps=maps)
+
+
 def llnm_logit(model, inputs) -> np.ndarray:
     with torch.no_grad():
         logits = model(**inputs)
@@ -69,7 +80,8 @@ def faithfulness(model, cases, index, maps, rng, fraction=0.1) -> tuple[float, f
         other = rng.choice(224 * 224, n_delete, replace=False)
         for image, pixels in ((salient, top), (random, other)):
             rows, cols = np.unravel_index(pixels, (224, 224))
-            image[b, :3, rows, cols] = 0.0
+            image[b, 0, rows, cols] = inputs["image"][b, 0].mean()
+            image[b, 1:3, rows, cols] = 0.0
     drop_salient = base - llnm_logit(model, {**inputs, "image": salient})
     drop_random = base - llnm_logit(model, {**inputs, "image": random})
     return float(drop_salient.mean()), float(drop_random.mean()), float(
@@ -115,18 +127,22 @@ def main() -> None:
         cases = load_cases(manifest, view=view, progress=False)
         table = cases.table[key].copy()
         table["p_" + view] = predict_proba(model, cases)
+        table["p_" + view + "_no_thyroid"] = predict_proba(model, without_thyroid_mask(cases))
         probabilities.append(table)
         index = np.arange(min(args.max_images, len(cases)))
-        masses, distances, drops = [], [], []
-        for start in range(0, len(index), 32):
-            chunk = index[start:start + 32]
-            maps, _ = gradcam_batch(model, cases.batch(chunk))
-            mass, distance = heatmap_quality(cases, chunk, maps, manifest)
-            masses.append(mass)
-            distances.append(distance)
-            drops.append(faithfulness(model, cases, chunk, maps, rng))
-        quality[view] = (np.concatenate(masses), np.concatenate(distances))
-        faithful[view] = np.mean(np.array(drops), axis=0)
+        layers = {"first fused block (default)": model.gradcam_layer,
+                  "last block": model.blocks[-1].norm1}
+        for layer_name, layer in layers.items():
+            masses, distances, drops = [], [], []
+            for start in range(0, len(index), 32):
+                chunk = index[start:start + 32]
+                maps, _ = gradcam_batch(model, cases.batch(chunk), layer)
+                mass, distance = heatmap_quality(cases, chunk, maps, manifest)
+                masses.append(mass)
+                distances.append(distance)
+                drops.append(faithfulness(model, cases, chunk, maps, rng))
+            quality[view, layer_name] = (np.concatenate(masses), np.concatenate(distances))
+            faithful[view, layer_name] = np.mean(np.array(drops), axis=0)
         speed[view] = timing(model, cases)
 
     merged = truth[key + ["risk", "label"]]
@@ -140,17 +156,21 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, column in (("transverse view", "p_transverse"),
                          ("longitudinal view", "p_longitudinal"),
-                         ("nodule (mean of both views)", "p_nodule")):
+                         ("nodule (mean of both views)", "p_nodule"),
+                         ("transverse view, thyroid mask withheld", "p_transverse_no_thyroid"),
+                         ("longitudinal view, thyroid mask withheld",
+                          "p_longitudinal_no_thyroid")):
         auc = roc_auc_score(merged["label"], merged[column])
         print(f"| {name} | {auc:.3f} | {bayes:.3f} | {bayes - auc:+.3f} |")
-    print("\n| view | images | heatmap mass in thyroid (median, mean) | peak in nodule or "
-          "<= 5 mm | faithfulness: logit drop salient vs random (salient larger) |")
-    print("|---|---|---|---|---|")
-    for view in VIEWS:
-        mass, distance = quality[view]
-        s, r, win = faithful[view]
-        print(f"| {view} | {len(mass)} | {np.median(mass):.1%}, {mass.mean():.1%} | "
-              f"{np.mean(distance <= 5.0):.1%} | {s:.2f} vs {r:.2f} ({win:.0%} of images) |")
+    print("\n| view | GradCAM++ layer | images | heatmap mass in thyroid (mean, median) | "
+          "peak in nodule or <= 5 mm | faithfulness: logit drop salient vs random "
+          "(salient larger) |")
+    print("|---|---|---|---|---|---|")
+    for (view, layer_name), (mass, distance) in quality.items():
+        s, r, win = faithful[view, layer_name]
+        print(f"| {view} | {layer_name} | {len(mass)} | {mass.mean():.1%}, "
+              f"{np.median(mass):.1%} | {np.mean(distance <= 5.0):.1%} | {s:.2f} vs {r:.2f} "
+              f"({win:.0%} of images) |")
     print("\n| view | batch | heatmaps/s | GradCAM++ / forward time |")
     print("|---|---|---|---|")
     for view in VIEWS:

@@ -1,4 +1,5 @@
-"""Render the README figures: the atlas (regions, two views) and a phantom contact sheet.
+"""Render the README figures: the atlas (regions, two views), a phantom contact sheet, and
+bundled-model heatmaps on real LLNM-Net sample images.
 
 Usage::
 
@@ -16,12 +17,15 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 import numpy as np  # noqa: E402
 import pyvista as pv  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from llnm3d import Atlas  # noqa: E402
 from llnm3d.atlas import REGION_NAMES  # noqa: E402
+from llnm3d.heatmap import compute_heatmaps, load_heatmap, overlay  # noqa: E402
+from llnm3d.io import read_grayscale, read_mask  # noqa: E402
 from llnm3d.manifest import read_manifest  # noqa: E402
 from llnm3d.phantom import make_phantom  # noqa: E402
-from llnm3d.qc import contact_sheet  # noqa: E402
+from llnm3d.qc import NODULE_COLOUR, contact_sheet, outline  # noqa: E402
 
 pv.OFF_SCREEN = True
 
@@ -60,6 +64,32 @@ def render_atlas(atlas: Atlas, out_path: Path) -> None:
     plotter.close()
 
 
+SAMPLES = Path(__file__).with_name("llnm-net-samples")
+
+
+def render_real_heatmaps(out_path: Path, cases=("benign_1", "benign_4", "malignant_2",
+                                                "malignant_3")) -> None:
+    """Bundled-model GradCAM++ overlays on real sample images, nodule outlined in red.
+
+    The samples have no thyroid mask, report, age or sex: the model runs on what is there.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        compute_heatmaps(SAMPLES / "manifest.csv", tmp, resize_masks=True, progress=False)
+        tiles = []
+        for case in cases:
+            image = read_grayscale(SAMPLES / "image" / f"{case}.jpg")
+            nodule = read_mask(SAMPLES / "nodule_mask" / f"{case}.jpg", image.shape)
+            rgb = overlay(image, load_heatmap(tmp, case))
+            rgb[outline(nodule)] = NODULE_COLOUR
+            tile = Image.fromarray(rgb)
+            tiles.append(tile.resize((320, round(320 * tile.height / tile.width))))
+    height = max(t.height for t in tiles)
+    sheet = Image.new("RGB", (320 * len(tiles) + 4 * (len(tiles) - 1), height), "black")
+    for index, tile in enumerate(tiles):
+        sheet.paste(tile, (index * 324, 0))
+    sheet.save(out_path)
+
+
 def main(out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +99,7 @@ def main(out_dir: str) -> None:
         cohort = make_phantom(tmp, 4, seed=0, atlas=atlas, progress=False)
         contact_sheet(read_manifest(cohort.out_dir / "manifest.csv"),
                       out / "phantom_contact_sheet.png", n=8)
+    render_real_heatmaps(out / "real_sample_heatmaps.png")
     print(f"figures written to {out}")
 
 

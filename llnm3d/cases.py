@@ -8,21 +8,20 @@ load.
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .features import FEATURE_NAMES, nodule_features
+from .features import MODEL_FEATURES, nodule_features
 from .inputs import Geometry, location_feature_map
 from .io import read_grayscale, read_mask
 from .manifest import Manifest
 from .model import sex_codes
+from .parallel import map_cases
 from .text import encode
+
 
 @dataclass
 class Cases:
@@ -38,7 +37,7 @@ class Cases:
         Per case, how the image was padded and resized.
     tokens : ndarray of int64, shape (N, L)
     features : ndarray of float32, shape (N, n_features)
-        Raw features in :data:`~llnm3d.features.FEATURE_NAMES` order (NaN where unavailable).
+        Raw features in :data:`~llnm3d.features.MODEL_FEATURES` order (NaN where unavailable).
     failures : list of (case_id, reason)
     """
 
@@ -68,8 +67,9 @@ class Cases:
 
     def labels(self) -> np.ndarray:
         """Outcome per case (0/1; -1 where missing)."""
-        return self.table["label"].fillna(-1).to_numpy(int) if "label" in self.table \
-            else np.full(len(self.table), -1)
+        if "label" not in self.table:
+            return np.full(len(self.table), -1)
+        return self.table["label"].fillna(-1).to_numpy(int)
 
 
 def _load_one(task: tuple) -> tuple[str, tuple | str]:
@@ -84,8 +84,8 @@ def _load_one(task: tuple) -> tuple[str, tuple | str]:
         values = nodule_features(image, nodule, spacing_mm=spacing, thyroid_mask=thyroid)
         channels, geometry = location_feature_map(image, nodule, thyroid, spacing)
         maps = np.round(channels * 255).astype(np.uint8)
-        features = np.array([values[name] for name in FEATURE_NAMES], np.float32)
-        return case_id, (maps, geometry, encode(report, max_length), features)
+        features = np.array([values[name] for name in MODEL_FEATURES], np.float32)
+        return case_id, (case_id, maps, geometry, encode(report, max_length), features)
     except Exception as exc:  # one unreadable case is reported; the others load
         return case_id, f"{type(exc).__name__}: {exc}"
 
@@ -109,30 +109,12 @@ def load_cases(manifest: Manifest, view: str | None = None, max_length: int = 48
                       manifest.path(row, "nodule_mask"), manifest.path(row, "thyroid_mask"),
                       None if pd.isna(spacing) else float(spacing),
                       "" if pd.isna(report) else str(report), max_length, resize_masks))
-    workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
-    bar = tqdm(total=len(tasks), desc="loading cases", unit="image", disable=not progress)
-    results: dict[str, tuple] = {}
-    failures: list[tuple[str, str]] = []
-    if workers == 1:
-        outcomes = map(_load_one, tasks)
-        pool = None
-    else:
-        pool = concurrent.futures.ProcessPoolExecutor(workers)
-        outcomes = pool.map(_load_one, tasks, chunksize=16)
-    try:
-        for case_id, outcome in outcomes:
-            if isinstance(outcome, str):
-                failures.append((case_id, outcome))
-            else:
-                results[case_id] = outcome
-            bar.update()
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    outcomes, failures = map_cases(_load_one, tasks, workers, progress, desc="loading cases",
+                                   unit="image", chunksize=16)
+    results = {case_id: loaded for case_id, *loaded in outcomes}
     keep = table[table["case_id"].isin(results)].reset_index(drop=True)
     loaded = [results[c] for c in keep["case_id"]]
-    n_features = len(FEATURE_NAMES)
+    n_features = len(MODEL_FEATURES)
     return Cases(
         table=keep,
         maps=np.stack([r[0] for r in loaded]) if loaded else np.zeros((0, 4, 224, 224), np.uint8),

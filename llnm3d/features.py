@@ -21,7 +21,14 @@ from .manifest import Manifest, read_manifest
 
 FEATURE_NAMES = ("area_mm2", "diameter_mm", "aspect_ratio", "taller_than_wide", "echo_contrast",
                  "solidity", "convexity", "circularity", "nodule_mean", "nodule_std",
-                 "texture_entropy", "glcm_contrast", "glcm_homogeneity", "bright_foci_fraction")
+                 "texture_entropy", "glcm_contrast", "glcm_homogeneity", "bright_foci_fraction",
+                 "capsule_distance_mm")
+
+# The model's feature tokens leave out the capsule distance on purpose: location reaches the
+# model through the image (the capsule-proximity channel of the location feature map), so the
+# image carries the location evidence and GradCAM++ heatmaps can show where it lies. Given the
+# distance as a number, the model stops looking at the image for it.
+MODEL_FEATURES = tuple(name for name in FEATURE_NAMES if name != "capsule_distance_mm")
 
 GRAY_LEVELS = 32
 MIN_RING_WIDTH_MM = 1.0
@@ -81,6 +88,9 @@ def nodule_features(
           the angles; only pairs with both pixels inside the nodule count.
         - ``bright_foci_fraction``: fraction of nodule pixels brighter than
           ``ring_mean + 3 ring_std`` (a proxy for punctate echogenic foci).
+        - ``capsule_distance_mm``: in-plane distance from the nodule's edge to the capsule
+          (the thyroid mask's edge), in mm: the smallest depth below the capsule of any nodule
+          pixel; 0 when the nodule touches or crosses the capsule; NaN without a thyroid mask.
 
         Perimeter-based features are NaN for a one-pixel nodule, ring-based features when no
         pixel surrounds the nodule, and GLCM features when no two nodule pixels are adjacent.
@@ -136,6 +146,13 @@ def nodule_features(
     else:
         ring_mean = ring_std = np.nan
 
+    if thyroid_mask is None:
+        capsule_distance_mm = np.nan
+    else:
+        # distance_transform_edt gives 1 on the mask's edge pixels: those touch the capsule.
+        depth_px = ndimage.distance_transform_edt(thyroid_mask)
+        capsule_distance_mm = max(float(depth_px[nodule].min()) - 1.0, 0.0) * pixel_mm
+
     counts, _ = np.histogram(values, bins=GRAY_LEVELS, range=(0.0, 1.0))
     p = counts[counts > 0] / values.size
     glcm_contrast, glcm_homogeneity = _glcm_features(intensity, nodule, props.bbox)
@@ -156,6 +173,7 @@ def nodule_features(
         "glcm_homogeneity": glcm_homogeneity,
         "bright_foci_fraction": (float(np.mean(values > ring_mean + FOCI_RING_STDS * ring_std))
                                  if ring_values.size else np.nan),
+        "capsule_distance_mm": capsule_distance_mm,
     }
     return {name: float(features[name]) for name in FEATURE_NAMES}
 

@@ -1,9 +1,10 @@
 """GradCAM++ heatmaps and LLNM predictions per image (``llnm3d heatmap``).
 
 GradCAM++ (the ``grad-cam`` package) runs on the image tokens of a late layer of LLNM-Net
-(:attr:`LLNMNet.gradcam_layer`), reshaped from patch tokens to a 14x14 map
-(:meth:`LLNMNet.patch_map`), with the LLNM class as target. The map is upsampled to 224x224,
-scaled to 0..1 per image, and mapped back onto the original image's pixel grid.
+(:attr:`LLNMNet.gradcam_layer`: the first block over the fused image and text streams),
+reshaped from patch tokens to a 14x14 map (:meth:`LLNMNet.patch_map`), with the LLNM class as
+target. The map is upsampled to 224x224, scaled to 0..1 per image, and mapped back onto the
+original image's pixel grid.
 
 Output folder::
 
@@ -64,11 +65,16 @@ def load_view_model(view: str, model_dir: str | Path | None = None,
     return load_model(path, device)
 
 
-def gradcam_batch(model: LLNMNet, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
-    """GradCAM++ maps (B, 224, 224) scaled 0..1 per image, and LLNM probabilities (B,)."""
+def gradcam_batch(model: LLNMNet, inputs: dict, layer: nn.Module | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """GradCAM++ maps (B, 224, 224) scaled 0..1 per image, and LLNM probabilities (B,).
+
+    ``layer`` defaults to :attr:`LLNMNet.gradcam_layer`; any layer whose output starts with the
+    class token and the image patch tokens works.
+    """
     cam = GradCAMPlusPlus(model=_BoundInputs(model, {k: v for k, v in inputs.items()
                                                      if k != "image"}),
-                          target_layers=[model.gradcam_layer],
+                          target_layers=[layer or model.gradcam_layer],
                           reshape_transform=model.patch_map)
     image = inputs["image"]
     maps = cam(input_tensor=image, targets=[ClassifierOutputTarget(LLNM_CLASS)] * len(image))

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -104,8 +103,3 @@ def to_image_space(map_224: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Map a (224, 224) map back to the original image's pixel grid, shape ``geometry.shape``."""
     padded = _resize(map_224, (geometry.side, geometry.side))
     return padded[:geometry.shape[0], :geometry.shape[1]]
-
-
-def as_tensor(maps: list[np.ndarray]) -> torch.Tensor:
-    """Stack location feature maps into a float tensor, shape (B, 4, 224, 224)."""
-    return torch.from_numpy(np.stack(maps))

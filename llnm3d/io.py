@@ -18,7 +18,6 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -31,6 +30,16 @@ def safe_name(identifier: str) -> str:
 
 class InputError(ValueError):
     """Bad input from the user (a file, a parameter, a spec): reported as one line, exit code 2."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; finished outputs get the usual permissions.
+_FILE_MODE = 0o666 & ~_current_umask()
 
 
 @contextlib.contextmanager
@@ -48,6 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

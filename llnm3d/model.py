@@ -34,11 +34,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
-from .features import FEATURE_NAMES
+from .features import MODEL_FEATURES
+from .inputs import CHANNELS
 from .io import InputError, atomic_path, read_json, write_json
 from .text import VOCAB_SIZE
 
-N_CHANNELS = 4
 AGE_CENTRE_YEARS, AGE_SCALE_YEARS = 45.0, 15.0
 SEX_CODES = {"F": 0, "M": 1}
 SEX_UNKNOWN = 2
@@ -51,7 +51,7 @@ class ModelConfig:
     name: str = "small"
     image_size: int = 224
     patch_size: int = 16
-    in_channels: int = N_CHANNELS
+    in_channels: int = len(CHANNELS)
     hidden: int = 64
     n_layers: int = 4
     n_bidirectional: int = 2
@@ -61,7 +61,7 @@ class ModelConfig:
     vocab_size: int = VOCAB_SIZE
     report_length: int = 48
     report_embedding_dim: int = 0
-    n_features: int = len(FEATURE_NAMES)
+    n_features: int = len(MODEL_FEATURES)
     n_classes: int = 2
 
     @property
@@ -217,8 +217,15 @@ class LLNMNet(nn.Module):
 
     @property
     def gradcam_layer(self) -> nn.Module:
-        """A late layer whose output holds the image tokens first (for GradCAM++)."""
-        return self.blocks[-1].norm1 if len(self.blocks) else self.bidirectional[-1].norm1
+        """The layer GradCAM++ reads: the input (after LayerNorm) of the first block over the
+        concatenated streams, whose image tokens have taken in the text through every
+        bidirectional block yet still map to their patches; the last bidirectional block's
+        image LayerNorm when there is no plain block. Its output holds the image tokens first.
+
+        On held-out phantom images this layer's heatmaps lie in the thyroid and on the nodule
+        more often than the last block's (BENCHMARKS.md compares the two).
+        """
+        return self.blocks[0].norm1 if len(self.blocks) else self.bidirectional[-1].norm1
 
     def patch_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """Image patch tokens of a layer output, shape (B, n, H), as maps (B, H, grid, grid)."""
@@ -282,7 +289,8 @@ class LLNMNet(nn.Module):
             Precomputed report embeddings, instead of token ids (needs
             ``report_embedding_dim = D`` in the config).
         features : Tensor, shape (B, n_features), optional
-            Raw morphology features in :data:`llnm3d.features.FEATURE_NAMES` order; NaN = missing.
+            Raw morphology features in :data:`llnm3d.features.MODEL_FEATURES` order; NaN =
+            missing.
         sex : Tensor of int64, shape (B,), optional
             0 female, 1 male, 2 unknown.
         age : Tensor, shape (B,), optional

@@ -82,7 +82,9 @@ def test_ring_is_kept_inside_the_thyroid():
     # A thyroid mask that misses the nodule's surroundings falls back to the whole ring.
     far = np.zeros(SHAPE, bool)
     far[:3, :3] = True
-    assert nodule_features(image, disc, thyroid_mask=far) == unrestricted
+    fallback = nodule_features(image, disc, thyroid_mask=far)
+    del fallback["capsule_distance_mm"], unrestricted["capsule_distance_mm"]
+    assert fallback == unrestricted
 
 
 def test_irregular_margin_lowers_solidity_and_convexity():
@@ -206,3 +208,17 @@ def test_write_features(cohort, tmp_path):
     assert list(written.columns) == ["case_id", *FEATURE_NAMES]
     assert list(written["case_id"]) == ["c1", "c2"]
     assert [p.name for p in out.parent.iterdir()] == ["features.csv"]
+
+
+def test_capsule_distance_is_nodule_edge_to_thyroid_edge_in_mm():
+    image = np.full((100, 100), 120, np.uint8)
+    thyroid = np.zeros((100, 100), bool)
+    thyroid[10:90, 10:90] = True
+    nodule = np.zeros((100, 100), bool)
+    nodule[30:50, 40:60] = True  # top edge 20 px below the thyroid's top edge
+    f = nodule_features(image, nodule, spacing_mm=0.1, thyroid_mask=thyroid)
+    assert f["capsule_distance_mm"] == pytest.approx(2.0, abs=0.11)
+    touching = np.zeros((100, 100), bool)
+    touching[10:20, 40:60] = True
+    assert nodule_features(image, touching, 0.1, thyroid)["capsule_distance_mm"] == 0.0
+    assert np.isnan(nodule_features(image, nodule, 0.1)["capsule_distance_mm"])

@@ -2,10 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from llnm3d.features import FEATURE_NAMES
+from llnm3d.features import MODEL_FEATURES
 from llnm3d.io import InputError
-from llnm3d.model import (CONFIGS, BidirectionalBlock, Block, LLNMNet, config_named, load_model,
-                          parameter_count, save_model)
+from llnm3d.model import (
+    CONFIGS,
+    BidirectionalBlock,
+    Block,
+    LLNMNet,
+    config_named,
+    load_model,
+    parameter_count,
+    save_model,
+)
 from llnm3d.text import VOCAB_SIZE
 
 TINY = dict(hidden=32, n_layers=3, n_bidirectional=2, n_heads=4, mlp_dim=64, dropout=0.0)
@@ -18,7 +26,7 @@ def inputs(batch=2, seed=0, config=None):
         "image": torch.rand(batch, 4, 224, 224, generator=generator),
         "report_tokens": torch.randint(1, VOCAB_SIZE, (batch, config.report_length),
                                        generator=generator),
-        "features": torch.randn(batch, len(FEATURE_NAMES), generator=generator),
+        "features": torch.randn(batch, len(MODEL_FEATURES), generator=generator),
         "sex": torch.tensor([0, 1] * (batch // 2) + [2] * (batch % 2)),
         "age": torch.rand(batch, generator=generator) * 50 + 20,
     }
@@ -73,7 +81,7 @@ def test_missing_inputs_are_handled_explicitly():
     batch = inputs()
     with torch.no_grad():
         bare = model(batch["image"])
-        nan_features = model(batch["image"], features=torch.full((2, len(FEATURE_NAMES)),
+        nan_features = model(batch["image"], features=torch.full((2, len(MODEL_FEATURES)),
                                                                  float("nan")))
     assert torch.isfinite(bare).all()
     assert torch.allclose(bare, nan_features)

@@ -11,8 +11,18 @@ import pandas as pd
 import pytest
 
 from llnm3d.phantom.nodules import ECHOGENICITY, MARGIN, Nodule, report_text
-from llnm3d.text import (N_HASH_BUCKETS, NUMBER_ID, PAD_ID, VOCAB_SIZE, VOCABULARY, encode,
-                         encode_batch, numbers, token_id, tokenize)
+from llnm3d.text import (
+    N_HASH_BUCKETS,
+    NUMBER_ID,
+    PAD_ID,
+    VOCAB_SIZE,
+    VOCABULARY,
+    encode,
+    encode_batch,
+    numbers,
+    token_id,
+    tokenize,
+)
 
 REPORT = ("Left lobe, upper third: 7 mm solid hypoechoic nodule with ill-defined irregular "
           "margins, taller than wide, punctate echogenic foci (microcalcifications). "

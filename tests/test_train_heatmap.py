@@ -130,3 +130,16 @@ def test_overlay_blends_only_where_hot():
     rgb = overlay(image, heat)
     assert rgb.shape == (4, 4, 3) and np.all(rgb[1:, 1:] == 100)
     assert not np.all(rgb[0, 0] == 100)
+
+
+def test_modality_dropout_hides_inputs_like_real_missing_data():
+    from llnm3d.train import _drop_modalities
+
+    inputs = {"image": torch.ones(3, 4, 8, 8), "report_tokens": torch.ones(3, 5, dtype=torch.long),
+              "age": torch.full((3,), 50.0), "sex": torch.zeros(3, dtype=torch.long)}
+    dropped = _drop_modalities(inputs, 1.0, torch.Generator().manual_seed(0))
+    assert torch.all(dropped["image"][:, [1, 3]] == 0) and torch.all(dropped["image"][:, 0] == 1)
+    assert torch.all(dropped["report_tokens"] == 0) and torch.isnan(dropped["age"]).all()
+    assert torch.all(dropped["sex"] == 2)
+    kept = _drop_modalities(inputs, 0.0, torch.Generator().manual_seed(0))
+    assert kept is inputs

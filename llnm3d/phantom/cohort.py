@@ -20,8 +20,6 @@ not rendered again, and the tables are rewritten at the end.
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +27,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..atlas import REGION_NAMES, Atlas
 from ..io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
+from ..parallel import map_cases
 from .deform import PatientDeformation
 from .nodules import Nodule, report_text, sample_nodules, tirads_level, tirads_points
 from .risk import RiskSpec
@@ -169,30 +167,8 @@ def _run_patients(n_patients, seed, atlas, spec, settings, out_dir, workers, pro
     streams = np.random.SeedSequence(seed).spawn(n_patients)
     width = max(5, len(str(n_patients)))
     jobs = [(f"P{i + 1:0{width}d}", streams[i]) for i in range(n_patients)]
-    workers = min(workers or os.cpu_count() or 1, n_patients)
-    context = (atlas, spec, settings, out_dir)
-    results, failed = [], []
-    bar = tqdm(total=n_patients, desc="phantom", unit="patient", disable=not progress)
-    pool = None
-    if workers == 1:
-        _init_worker(*context)
-        outcomes = map(_patient_job, jobs)
-    else:
-        pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_init_worker,
-                                                      initargs=context)
-        outcomes = pool.map(_patient_job, jobs, chunksize=8)
-    try:
-        for patient_id, outcome in outcomes:
-            if isinstance(outcome, str):
-                failed.append((patient_id, outcome))
-            else:
-                results.append(outcome)
-            bar.update()
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return results, failed
+    return map_cases(_patient_job, jobs, workers, progress, desc="phantom", unit="patient",
+                     initializer=_init_worker, initargs=(atlas, spec, settings, out_dir))
 
 
 def _require_patients(n_patients: int) -> None:
