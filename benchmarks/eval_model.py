@@ -58,8 +58,7 @@ def heatmap_quality(cases, index, maps, manifest) -> tuple[np.ndarray, np.ndarra
 def without_thyroid_mask(cases):
     """The same cases as if no thyroid mask had been given."""
     maps = cases.maps.copy()
-    maps[:, 1] = 0
-    maps[:, 3] = 0
+    maps[:, [1, 3, 4]] = 0
     return replace(cases, maps=maps)
 
 
@@ -130,13 +129,11 @@ def main() -> None:
         table["p_" + view + "_no_thyroid"] = predict_proba(model, without_thyroid_mask(cases))
         probabilities.append(table)
         index = np.arange(min(args.max_images, len(cases)))
-        layers = {"first fused block (default)": model.gradcam_layer,
-                  "last block": model.blocks[-1].norm1}
-        for layer_name, layer in layers.items():
+        for layer_name in model.gradcam_layers():
             masses, distances, drops = [], [], []
             for start in range(0, len(index), 32):
                 chunk = index[start:start + 32]
-                maps, _ = gradcam_batch(model, cases.batch(chunk), layer)
+                maps, _ = gradcam_batch(model, cases.batch(chunk), layer_name)
                 mass, distance = heatmap_quality(cases, chunk, maps, manifest)
                 masses.append(mass)
                 distances.append(distance)

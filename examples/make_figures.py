@@ -74,7 +74,8 @@ def render_real_heatmaps(out_path: Path, cases=("benign_1", "benign_4", "maligna
     The samples have no thyroid mask, report, age or sex: the model runs on what is there.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        compute_heatmaps(SAMPLES / "manifest.csv", tmp, resize_masks=True, progress=False)
+        compute_heatmaps(SAMPLES / "manifest.csv", tmp, resize_masks=True, progress=False,
+                         layer="bidirectional")
         tiles = []
         for case in cases:
             image = read_grayscale(SAMPLES / "image" / f"{case}.jpg")

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .features import MODEL_FEATURES, nodule_features
-from .inputs import Geometry, location_feature_map
+from .inputs import CHANNELS, Geometry, location_feature_map
 from .io import read_grayscale, read_mask
 from .manifest import Manifest
 from .model import sex_codes
@@ -31,7 +31,7 @@ class Cases:
     ----------
     table : DataFrame
         The manifest rows that loaded.
-    maps : ndarray of uint8, shape (N, 4, 224, 224)
+    maps : ndarray of uint8, shape (N, 5, 224, 224)
         Location feature maps quantised to 0..255 (see :meth:`batch`).
     geometries : list of Geometry
         Per case, how the image was padded and resized.
@@ -117,7 +117,8 @@ def load_cases(manifest: Manifest, view: str | None = None, max_length: int = 48
     n_features = len(MODEL_FEATURES)
     return Cases(
         table=keep,
-        maps=np.stack([r[0] for r in loaded]) if loaded else np.zeros((0, 4, 224, 224), np.uint8),
+        maps=(np.stack([r[0] for r in loaded]) if loaded
+              else np.zeros((0, len(CHANNELS), 224, 224), np.uint8)),
         geometries=[r[1] for r in loaded],
         tokens=np.stack([r[2] for r in loaded]) if loaded else np.zeros((0, max_length), int),
         features=np.stack([r[3] for r in loaded]) if loaded else np.zeros((0, n_features),

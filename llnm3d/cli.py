@@ -234,13 +234,16 @@ def heatmap(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if "
                                                        "available).")] = None,
     resize_masks: ResizeMasksOption = False,
+    layer: Annotated[str, typer.Option(
+        help="GradCAM++ layer: fused (first block over both streams), last, or "
+             "bidirectional (image tokens entering the last bidirectional block).")] = "fused",
 ) -> None:
     """LLNM probability and a GradCAM++ heatmap per image (resumable)."""
     from .heatmap import compute_heatmaps
 
     with _input_errors():
         result = compute_heatmaps(manifest, out, model_dir=model_dir, batch_size=batch_size,
-                                  device=device, resize_masks=resize_masks)
+                                  device=device, resize_masks=resize_masks, layer=layer)
     typer.echo(f"{len(result.predictions)} predictions and heatmaps in {out}")
     _report_failures(result.failures, "case")
 

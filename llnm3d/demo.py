@@ -31,7 +31,7 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
     sheet = contact_sheet(read_manifest(manifest_path), cohort.out_dir / "contact_sheet.png")
     heatmaps = compute_heatmaps(manifest_path, out_dir / "heatmaps", progress=progress)
     scored = heatmaps.predictions.merge(cohort.manifest[["case_id", "label"]], on="case_id")
-    per_view = {view: round(float(roc_auc_score(group["label"], group["probability"])), 3)
+    per_view = {view: _auc(group["label"], group["probability"])
                 for view, group in scored.groupby("view")}
     per_nodule = scored.groupby(["patient_id", "nodule_id"]).agg(
         probability=("probability", "mean"), label=("label", "first"))
@@ -47,10 +47,16 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
         "contact_sheet": str(sheet),
         "heatmaps": str(out_dir / "heatmaps"),
         "model_auc_per_view": per_view,
-        "model_auc_per_nodule": round(float(roc_auc_score(per_nodule["label"],
-                                                          per_nodule["probability"])), 3),
+        "model_auc_per_nodule": _auc(per_nodule["label"], per_nodule["probability"]),
         "failed_images": len(heatmaps.failures),
         "seed": seed,
     }
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _auc(labels, scores) -> float | None:
+    """ROC AUC rounded to 3 decimals; None when only one outcome occurs (a tiny cohort)."""
+    if len(set(labels)) < 2:
+        return None
+    return round(float(roc_auc_score(labels, scores)), 3)

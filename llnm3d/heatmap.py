@@ -1,7 +1,8 @@
 """GradCAM++ heatmaps and LLNM predictions per image (``llnm3d heatmap``).
 
 GradCAM++ (the ``grad-cam`` package) runs on the image tokens of a late layer of LLNM-Net
-(:attr:`LLNMNet.gradcam_layer`: the first block over the fused image and text streams),
+(:meth:`LLNMNet.gradcam_layers`; by default the first block over the fused image and text
+streams),
 reshaped from patch tokens to a 14x14 map (:meth:`LLNMNet.patch_map`), with the LLNM class as
 target. The map is upsampled to 224x224, scaled to 0..1 per image, and mapped back onto the
 original image's pixel grid.
@@ -10,7 +11,8 @@ Output folder::
 
     heatmaps/<case_id>.npz    heatmap (float32, image shape, 0..1), probability, view, model
     overlays/<case_id>.png    the image with the heatmap blended on top, for people
-    predictions.csv           case_id, patient_id, nodule_id, view, probability, model_version
+    predictions.csv           case_id, patient_id, nodule_id, view, probability,
+                              heatmap_empty, model_version
 
 Resumable: a case whose ``.npz`` exists is not computed again, and predictions.csv is rebuilt
 from the ``.npz`` files at the end. A case that cannot be read is reported by its id; the others
@@ -65,16 +67,19 @@ def load_view_model(view: str, model_dir: str | Path | None = None,
     return load_model(path, device)
 
 
-def gradcam_batch(model: LLNMNet, inputs: dict, layer: nn.Module | None = None
+def gradcam_batch(model: LLNMNet, inputs: dict, layer: str = "fused"
                   ) -> tuple[np.ndarray, np.ndarray]:
     """GradCAM++ maps (B, 224, 224) scaled 0..1 per image, and LLNM probabilities (B,).
 
-    ``layer`` defaults to :attr:`LLNMNet.gradcam_layer`; any layer whose output starts with the
-    class token and the image patch tokens works.
+    ``layer`` names one of :meth:`LLNMNet.gradcam_layers`. A map is all zeros where the layer
+    holds no positive evidence for LLNM (GradCAM++ keeps only the positive part).
     """
+    layers = model.gradcam_layers()
+    if layer not in layers:
+        raise InputError(f"unknown GradCAM++ layer {layer!r} (known: {', '.join(layers)})")
     cam = GradCAMPlusPlus(model=_BoundInputs(model, {k: v for k, v in inputs.items()
                                                      if k != "image"}),
-                          target_layers=[layer or model.gradcam_layer],
+                          target_layers=[layers[layer]],
                           reshape_transform=model.patch_map)
     image = inputs["image"]
     maps = cam(input_tensor=image, targets=[ClassifierOutputTarget(LLNM_CLASS)] * len(image))
@@ -125,7 +130,8 @@ def _write_case(out_dir: Path, cases: Cases, position: int, cam_map: np.ndarray,
 def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
                      model_dir: str | Path | None = None, batch_size: int = 16,
                      device: str | None = None, workers: int | None = None,
-                     progress: bool = True, resize_masks: bool = False) -> HeatmapResult:
+                     progress: bool = True, resize_masks: bool = False,
+                     layer: str = "fused") -> HeatmapResult:
     """Predict LLNM and compute a GradCAM++ heatmap for every image of a manifest.
 
     Parameters
@@ -142,6 +148,9 @@ def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
         ``cpu`` or ``cuda``; default CUDA when available.
     resize_masks : bool
         Resize masks of another size than their image to it (see :func:`llnm3d.io.read_mask`).
+    layer : str
+        GradCAM++ layer (:meth:`LLNMNet.gradcam_layers`): ``fused`` (default), ``last`` or
+        ``bidirectional``.
     """
     out_dir = ensure_writable_dir(out_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -161,7 +170,7 @@ def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
                    disable=not progress)
         for start in range(0, len(cases), batch_size):
             index = np.arange(start, min(start + batch_size, len(cases)))
-            maps, probability = gradcam_batch(model, cases.batch(index, device))
+            maps, probability = gradcam_batch(model, cases.batch(index, device), layer)
             for offset, position in enumerate(index):
                 row = cases.table.iloc[position]
                 _write_case(out_dir, cases, position, maps[offset], float(probability[offset]),
@@ -180,11 +189,13 @@ def _collect_predictions(out_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
         with np.load(path) as data:
             rows.append({"case_id": str(data["case_id"]), "view": str(data["view"]),
                          "probability": float(data["probability"]),
+                         "heatmap_empty": not data["heatmap"].any(),
                          "model_version": str(data["model_version"])})
-    predictions = pd.DataFrame(rows, columns=["case_id", "view", "probability", "model_version"])
+    columns = ["case_id", "view", "probability", "heatmap_empty", "model_version"]
+    predictions = pd.DataFrame(rows, columns=columns)
     ids = table[["case_id", "patient_id", "nodule_id"]]
     merged = ids.merge(predictions, on="case_id", how="inner")
-    return merged[["case_id", "patient_id", "nodule_id", "view", "probability", "model_version"]]
+    return merged[["case_id", "patient_id", "nodule_id", *columns[1:]]]
 
 
 def load_heatmap(out_dir: str | Path, case_id: str) -> np.ndarray:

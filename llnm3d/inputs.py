@@ -1,4 +1,4 @@
-"""The model's image input: a four-channel "location feature map" at 224x224.
+"""The model's image input: a five-channel "location feature map" at 224x224.
 
 The LLNM-Net study's best input was a "location feature map" (CPDT) it never defined. Ours:
 
@@ -10,12 +10,19 @@ ch    name                   content
                              distance to the mask's edge (the capsule) in mm; 1 at the
                              capsule, 0.08 at 5 mm deep; 0 outside the gland
 2     nodule mask            1 inside the nodule
-3     thyroid-mask flag      1 everywhere when a thyroid mask was given, 0 when not
+3     nodule proximity       channel 1 inside the nodule, 0 elsewhere: how close each
+                             part of the nodule comes to the capsule
+4     thyroid-mask flag      1 everywhere when a thyroid mask was given, 0 when not
 ====  =====================  ========================================================
 
-A missing thyroid mask (as in the LLNM-Net sample images) is handled explicitly: channel 1 is
-all zeros and channel 3 tells the network that those zeros mean "unknown", not "far from the
-capsule". A missing pixel spacing falls back to :data:`DEFAULT_SPACING_MM` for the distance.
+Channel 3 is channel 1 times channel 2. A linear patch embedding cannot multiply its inputs, and
+the nodule's closeness to the capsule is the location evidence that matters most, so it is
+given to the network directly, where it lies in the image (which is also where GradCAM++ can
+then show it).
+
+A missing thyroid mask (as in the LLNM-Net sample images) is handled explicitly: channels 1 and
+3 are all zeros and channel 4 tells the network that those zeros mean "unknown", not "far from
+the capsule". A missing pixel spacing falls back to :data:`DEFAULT_SPACING_MM` for the distance.
 
 Images of any size are padded to a square (zeros at the bottom and right, so pixel (0, 0) stays
 put) and resized to 224x224; :func:`to_image_space` maps a 224x224 map back onto the original
@@ -33,7 +40,8 @@ from scipy import ndimage
 SIZE_PX = 224
 PROXIMITY_SCALE_MM = 2.0
 DEFAULT_SPACING_MM = 0.15
-CHANNELS = ("bmode", "capsule_proximity", "nodule_mask", "thyroid_mask_given")
+CHANNELS = ("bmode", "capsule_proximity", "nodule_mask", "nodule_proximity",
+            "thyroid_mask_given")
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ def location_feature_map(image: np.ndarray, nodule_mask: np.ndarray,
 
     Returns
     -------
-    channels : ndarray of float32, shape (4, 224, 224)
+    channels : ndarray of float32, shape (5, 224, 224)
     geometry : Geometry
         For :func:`to_image_space`.
     """
@@ -90,10 +98,13 @@ def location_feature_map(image: np.ndarray, nodule_mask: np.ndarray,
     else:
         proximity, flag = capsule_proximity(thyroid_mask, spacing_mm), 1.0
     size = (SIZE_PX, SIZE_PX)
+    proximity_224 = _resize(_pad_square(proximity), size)
+    nodule_224 = _resize(_pad_square(nodule_mask.astype(np.float32)), size, nearest=True)
     channels = np.stack([
         _resize(_pad_square(intensity), size),
-        _resize(_pad_square(proximity), size),
-        _resize(_pad_square(nodule_mask.astype(np.float32)), size, nearest=True),
+        proximity_224,
+        nodule_224,
+        proximity_224 * nodule_224,
         np.full(size, flag, np.float32),
     ])
     return channels.astype(np.float32), Geometry(tuple(image.shape), max(image.shape))

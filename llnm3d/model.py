@@ -215,17 +215,22 @@ class LLNMNet(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """The layer GradCAM++ reads: the input (after LayerNorm) of the first block over the
-        concatenated streams, whose image tokens have taken in the text through every
-        bidirectional block yet still map to their patches; the last bidirectional block's
-        image LayerNorm when there is no plain block. Its output holds the image tokens first.
+    def gradcam_layers(self) -> dict[str, nn.Module]:
+        """Layers GradCAM++ can read; each one's output starts with the image tokens.
 
-        On held-out phantom images this layer's heatmaps lie in the thyroid and on the nodule
-        more often than the last block's (BENCHMARKS.md compares the two).
+        ``fused`` (the default): the input, after LayerNorm, of the first block over the
+        concatenated streams, whose image tokens have taken in the text through every
+        bidirectional block yet still map to their patches. ``last``: the last block's input.
+        ``bidirectional``: the image tokens entering the last bidirectional block. Without
+        plain blocks, ``fused`` and ``last`` fall back to ``bidirectional``. BENCHMARKS.md
+        compares them on held-out phantom images.
         """
-        return self.blocks[0].norm1 if len(self.blocks) else self.bidirectional[-1].norm1
+        bidirectional = self.bidirectional[-1].norm1 if len(self.bidirectional) else None
+        first = self.blocks[0].norm1 if len(self.blocks) else bidirectional
+        last = self.blocks[-1].norm1 if len(self.blocks) else bidirectional
+        return {name: layer for name, layer in (("fused", first), ("last", last),
+                                                ("bidirectional", bidirectional))
+                if layer is not None}
 
     def patch_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """Image patch tokens of a layer output, shape (B, n, H), as maps (B, H, grid, grid)."""
@@ -281,7 +286,7 @@ class LLNMNet(nn.Module):
 
         Parameters
         ----------
-        image : Tensor, shape (B, 4, 224, 224)
+        image : Tensor, shape (B, 5, 224, 224)
             Location feature map (:func:`llnm3d.inputs.location_feature_map`).
         report_tokens : Tensor of int64, shape (B, L), optional
             Token ids from :func:`llnm3d.text.encode` (0 = padding).

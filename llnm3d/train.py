@@ -118,8 +118,9 @@ def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator) -> d
     batch = inputs["image"].shape[0]
     draws = (torch.rand(4, batch, generator=generator) < rate).to(inputs["image"].device)
     image = inputs["image"].clone()
-    image[draws[0], 1] = 0.0
-    image[draws[0], 3] = 0.0
+    image[draws[0], 1] = 0.0  # capsule proximity
+    image[draws[0], 3] = 0.0  # nodule proximity
+    image[draws[0], 4] = 0.0  # thyroid-mask flag
     tokens = inputs["report_tokens"].masked_fill(draws[1][:, None], 0)
     age = inputs["age"].masked_fill(draws[2], float("nan"))
     sex = inputs["sex"].masked_fill(draws[3], SEX_UNKNOWN)

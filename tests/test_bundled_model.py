@@ -22,8 +22,10 @@ def test_bundled_weights_load_and_are_small(view):
 
 
 def test_real_samples_without_thyroid_masks(tmp_path):
+    # Without thyroid masks the default layer finds little positive evidence on these real
+    # images; the image tokens entering the last bidirectional block localise the nodule.
     result = compute_heatmaps(SAMPLES / "manifest.csv", tmp_path, resize_masks=True,
-                              progress=False, workers=1)
+                              progress=False, workers=1, layer="bidirectional")
     assert result.failures == []
     assert len(result.predictions) == 10
     assert result.predictions["probability"].between(0, 1).all()

@@ -23,7 +23,7 @@ def inputs(batch=2, seed=0, config=None):
     generator = torch.Generator().manual_seed(seed)
     config = config or config_named("small")
     return {
-        "image": torch.rand(batch, 4, 224, 224, generator=generator),
+        "image": torch.rand(batch, 5, 224, 224, generator=generator),
         "report_tokens": torch.randint(1, VOCAB_SIZE, (batch, config.report_length),
                                        generator=generator),
         "features": torch.randn(batch, len(MODEL_FEATURES), generator=generator),

@@ -21,14 +21,15 @@ def test_location_map_channels_and_missing_thyroid():
     thyroid = np.zeros((100, 150), bool)
     thyroid[20:80, 40:120] = True
     channels, geometry = location_feature_map(image, nodule, thyroid, spacing_mm=0.1)
-    assert channels.shape == (4, 224, 224) and channels.dtype == np.float32
+    assert channels.shape == (5, 224, 224) and channels.dtype == np.float32
     assert channels[0].max() == pytest.approx(128 / 255, abs=1e-3)
     assert channels[1].max() == pytest.approx(1.0, abs=0.05)  # at the capsule
     # the nodule's nearest edge is 20 px = 2 mm from the capsule: exp(-2 mm / 2 mm)
     assert channels[1][channels[2] > 0].max() == pytest.approx(np.exp(-1.0), abs=0.03)
-    assert np.all(channels[3] == 1)
+    assert np.array_equal(channels[3], channels[1] * channels[2])
+    assert np.all(channels[4] == 1)
     bare, _ = location_feature_map(image, nodule, None, spacing_mm=0.1)
-    assert np.all(bare[1] == 0) and np.all(bare[3] == 0)
+    assert np.all(bare[[1, 3, 4]] == 0)
     assert np.array_equal(bare[[0, 2]], channels[[0, 2]])
     back = to_image_space(channels[2], geometry)
     assert back.shape == (100, 150)
@@ -102,7 +103,7 @@ def test_heatmaps_files_ranges_and_resume(cohort, model_dir, tmp_path):
     assert set(predictions["view"]) == {"transverse", "longitudinal"}
     on_disk = pd.read_csv(tmp_path / "predictions.csv")
     assert list(on_disk.columns) == ["case_id", "patient_id", "nodule_id", "view", "probability",
-                                     "model_version"]
+                                     "heatmap_empty", "model_version"]
     for case_id, image_path in zip(manifest["case_id"][:5], manifest["image"][:5]):
         heat = load_heatmap(tmp_path, case_id)
         image = np.asarray(Image.open(cohort.out_dir / image_path))
@@ -135,10 +136,11 @@ def test_overlay_blends_only_where_hot():
 def test_modality_dropout_hides_inputs_like_real_missing_data():
     from llnm3d.train import _drop_modalities
 
-    inputs = {"image": torch.ones(3, 4, 8, 8), "report_tokens": torch.ones(3, 5, dtype=torch.long),
+    inputs = {"image": torch.ones(3, 5, 8, 8), "report_tokens": torch.ones(3, 5, dtype=torch.long),
               "age": torch.full((3,), 50.0), "sex": torch.zeros(3, dtype=torch.long)}
     dropped = _drop_modalities(inputs, 1.0, torch.Generator().manual_seed(0))
-    assert torch.all(dropped["image"][:, [1, 3]] == 0) and torch.all(dropped["image"][:, 0] == 1)
+    assert torch.all(dropped["image"][:, [1, 3, 4]] == 0)
+    assert torch.all(dropped["image"][:, [0, 2]] == 1)
     assert torch.all(dropped["report_tokens"] == 0) and torch.isnan(dropped["age"]).all()
     assert torch.all(dropped["sex"] == 2)
     kept = _drop_modalities(inputs, 0.0, torch.Generator().manual_seed(0))
