@@ -156,8 +156,9 @@ def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     manifest = read_manifest(manifest_path)
     failures = list(manifest.problems)
+    all_cases = manifest.table
     done = {p.stem for p in (out_dir / "heatmaps").glob("*.npz")}
-    manifest.table = manifest.table[~manifest.table["case_id"].map(safe_name).isin(done)]
+    manifest.table = all_cases[~all_cases["case_id"].map(safe_name).isin(done)]
     for view in VIEWS:
         if not (manifest.table["view"] == view).any():
             continue
@@ -177,7 +178,7 @@ def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
                             version, manifest.path(row, "image"))
             bar.update(len(index))
         bar.close()
-    predictions = _collect_predictions(out_dir, read_manifest(manifest_path).table)
+    predictions = _collect_predictions(out_dir, all_cases)
     with atomic_path(out_dir / "predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
     return HeatmapResult(predictions, failures)
