@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from .atlas import Atlas, Section  # noqa: E402
+from .registration import Registered, load_registered, register  # noqa: E402
 
-__all__ = ["Atlas", "Section", "__version__"]
+__all__ = ["Atlas", "Registered", "Section", "__version__", "load_registered", "register"]

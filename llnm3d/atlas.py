@@ -196,12 +196,28 @@ class Atlas:
 
     def region_of(self, points_mm: np.ndarray) -> np.ndarray:
         """Region label (see module docstring) of the voxel nearest each point; 0 outside."""
+        return self._voxel_lookup(self.labels, points_mm)
+
+    def nearest_region_of(self, points_mm: np.ndarray) -> np.ndarray:
+        """Region label of the gland voxel nearest each point (the point's own region inside
+        the gland); 0 outside the grid."""
+        return self._voxel_lookup(self._nearest_labels, points_mm)
+
+    def _voxel_lookup(self, volume: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
+        """Value of ``volume`` (atlas-shaped, uint8) at the voxel nearest each point; 0 off
+        the grid."""
         ijk = np.rint(self.world_to_voxel(points_mm)).astype(int)
         inside_grid = np.all((ijk >= 0) & (ijk < np.array(self.labels.shape[::-1])), axis=1)
         out = np.zeros(len(ijk), dtype=np.uint8)
         i, j, k = ijk[inside_grid].T
-        out[inside_grid] = self.labels[k, j, i]
+        out[inside_grid] = volume[k, j, i]
         return out
+
+    @functools.cached_property
+    def _nearest_labels(self) -> np.ndarray:
+        indices = ndimage.distance_transform_edt(self.labels == 0, return_distances=False,
+                                                 return_indices=True)
+        return self.labels[tuple(indices)]
 
     def capsule_distance_mm(self, points_mm: np.ndarray) -> np.ndarray:
         """Signed distance (mm) to the capsule at each point, trilinear; NaN outside the grid."""

@@ -249,6 +249,44 @@ def heatmap(
 
 
 @app.command()
+def register(
+    manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
+    out: Annotated[Path, typer.Option(help="Output folder (patches/, qc.csv, register.json).")],
+    heatmaps: Annotated[Optional[Path], typer.Option(
+        help="Output folder of `llnm3d heatmap` for this manifest; without it, patches carry "
+             "the fused nodule mask only.")] = None,
+    atlas_path: AtlasOption = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Worker processes (default: all cores); with --scheduler local, Dask workers.")
+    ] = None,
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Dask scheduler address (tcp://host:8786; workers must see the same files), or "
+             "'local' for a local Dask cluster. Results are identical to local processes.")
+    ] = None,
+    transform: Annotated[str, typer.Option(help="similarity or affine.")] = "similarity",
+    min_weight: Annotated[float, typer.Option(
+        help="Drop fused heatmap values below this (sparser patches).")] = 0.05,
+    allow_coarse_location: Annotated[bool, typer.Option(
+        help="Place nodules without masks by the manifest's lobe_third and front_back columns "
+             "(flagged as warnings) instead of failing them.")] = False,
+) -> None:
+    """Register every nodule's views onto the atlas: one 3D patch per nodule and a QC table
+    (resumable)."""
+    from .registration import register as register_cohort
+
+    with _input_errors():
+        result = register_cohort(manifest, heatmaps=heatmaps, atlas=_load_atlas(atlas_path),
+                                 out_dir=out, transform=transform, min_weight=min_weight,
+                                 allow_coarse_location=allow_coarse_location, workers=workers,
+                                 scheduler=scheduler)
+    counts = result.qc["status"].value_counts()
+    typer.echo(f"{len(result.qc)} nodules: {counts.get('ok', 0)} ok, "
+               f"{counts.get('warning', 0)} with warnings, {counts.get('failed', 0)} failed; "
+               f"QC table in {out / 'qc.csv'}")
+    _report_failures(result.failures, "nodule")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
     patients: Annotated[int, typer.Option(help="Phantom patients.")] = 200,

@@ -72,7 +72,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON atomically."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, to_json(data, indent=2) + "\n")
+
+
+def to_json(data: Any, indent: int | None = None) -> str:
+    """JSON text of ``data``; NumPy scalars and arrays and paths are converted."""
+    return json.dumps(data, indent=indent, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

@@ -37,11 +37,16 @@ class Manifest:
         Folder of the manifest; paths in the table are relative to it.
     problems : list of (case_id, message)
         Rows left out and why.
+    rejected : pandas.DataFrame
+        The rows left out (raw ``case_id``, ``patient_id``, ``nodule_id``) with their
+        ``problem``, so per-nodule stages can fail the nodule they belong to.
     """
 
     table: pd.DataFrame
     root: Path
     problems: list[tuple[str, str]] = field(default_factory=list)
+    rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["case_id", "patient_id", "nodule_id", "problem"]))
 
     def path(self, row: pd.Series, column: str) -> Path | None:
         """Absolute path of a file column of a row (None where the cell is empty)."""
@@ -79,7 +84,7 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
         raise InputError(f"{path}: manifest lacks required column(s) {', '.join(missing)}")
     root = path.parent.resolve()
     problems: list[tuple[str, str]] = []
-    keep = []
+    keep, left_out = [], []
     seen: set[str] = set()
     for index, row in table.iterrows():
         case_id = row["case_id"].strip() or f"row {index + 2}"
@@ -88,11 +93,16 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
             problem = "duplicate case_id"
         if problem:
             problems.append((case_id, problem))
+            left_out.append(index)
         else:
             keep.append(index)
         seen.add(case_id)
     valid = _normalise(table.loc[keep].copy())
-    return Manifest(valid.reset_index(drop=True), root, problems)
+    rejected = table.loc[left_out, ["case_id", "patient_id", "nodule_id"]].apply(
+        lambda column: column.str.strip())
+    rejected["problem"] = [problem for _, problem in problems]
+    return Manifest(valid.reset_index(drop=True), root, problems,
+                    rejected.reset_index(drop=True))
 
 
 def _row_problem(row: pd.Series, root: Path, allow_outside: bool) -> str | None:

@@ -1,0 +1,93 @@
+"""Validation against a phantom's planted truth (truth.csv, truth.json).
+
+Only validation code (tests, benchmarks) uses this module; no pipeline stage reads the truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atlas import Atlas
+from ..io import InputError, read_json
+from .deform import PatientDeformation
+
+
+def read_truth(phantom_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The truth table (one row per nodule, with a ``nodule`` key as in registration QC) and
+    truth.json of a phantom folder."""
+    phantom_dir = Path(phantom_dir)
+    if not (phantom_dir / "truth.csv").is_file():
+        raise InputError(f"{phantom_dir}: no truth.csv (not a phantom folder)")
+    truth = pd.read_csv(phantom_dir / "truth.csv", dtype={"patient_id": str})
+    truth["nodule"] = truth["patient_id"] + "-N" + truth["nodule_id"].astype(str)
+    return truth, read_json(phantom_dir / "truth.json")
+
+
+def true_nodule_mask(row: pd.Series, deformation: PatientDeformation, atlas: Atlas,
+                     slices: tuple[slice, slice, slice]) -> np.ndarray:
+    """Occupancy of a true nodule on a box of the atlas grid, shape of the box (z, y, x).
+
+    The nodule is its ellipsoid (semi-axes and z rotation from truth.csv; the lobulated or
+    irregular margin waves are not in the truth tables) in the patient, mapped to the atlas
+    through the patient's deformation.
+    """
+    k, j, i = np.meshgrid(*[np.arange(s.start, s.stop) for s in slices], indexing="ij")
+    points = atlas.voxel_to_world(np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1))
+    patient = deformation.to_patient(points)
+    centre = np.array([row[f"centre_patient_{a}_mm"] for a in "xyz"])
+    semi_axes = np.array([row[f"semi_axis_{a}_mm"] for a in "xyz"])
+    angle = np.radians(row["rotation_z_deg"])
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])
+    local = (patient - centre) @ rotation / semi_axes
+    return (np.einsum("ij,ij->i", local, local) <= 1.0).reshape(k.shape)
+
+
+def registration_errors(qc: pd.DataFrame, phantom_dir: str | Path, atlas: Atlas,
+                        patches=None) -> pd.DataFrame:
+    """Per registered nodule: centre error in atlas mm (per axis and Euclidean), region
+    agreement, capsule-distance error, and (with ``patches``, a callable nodule -> Patch) the
+    Dice of the fused nodule with the true nodule."""
+    truth, record = read_truth(phantom_dir)
+    merged = qc[qc["status"] != "failed"].merge(truth, on="nodule", suffixes=("", "_true"))
+    rows = []
+    for _, row in merged.iterrows():
+        true_centre = np.array([row[f"centre_atlas_{a}_mm"] for a in "xyz"])
+        estimate = np.array([row[f"centre_{a}_mm"] for a in "xyz"])
+        error = estimate - true_centre
+        result = {"nodule": row["nodule"], "status": row["status"],
+                  "error_x_mm": error[0], "error_y_mm": error[1], "error_z_mm": error[2],
+                  "error_mm": float(np.linalg.norm(error)),
+                  "region_true": int(row["region_true"]), "region": int(row["region"]),
+                  "capsule_distance_true_mm": row["capsule_distance_mm_true"],
+                  "capsule_distance_mm": row["capsule_distance_mm"],
+                  "diameter_true_mm": row["diameter_mm_true"], "diameter_mm": row["diameter_mm"],
+                  "side": row["side"]}
+        for axis, value in zip("xyz", true_centre):
+            result[f"true_{axis}_mm"] = value
+        if patches is not None:
+            patch = patches(row["nodule"])
+            deformation = PatientDeformation.from_dict(
+                record["patients"][row["patient_id"]]["deformation"])
+            margin = int(np.ceil(2.0 / atlas.spacing_mm))
+            box = _union_box(patch, true_centre, row, atlas, margin)
+            truth_mask = true_nodule_mask(row, deformation, atlas, box)
+            fused = np.zeros(truth_mask.shape, bool)
+            offset = [p.start - b.start for p, b in zip(patch.slices, box)]
+            fused[tuple(slice(o, o + n) for o, n in zip(offset, patch.mask.shape))] = patch.mask
+            total = fused.sum() + truth_mask.sum()
+            result["nodule_dice"] = 2 * (fused & truth_mask).sum() / total if total else np.nan
+        rows.append(result)
+    return pd.DataFrame(rows)
+
+
+def _union_box(patch, centre_mm, row, atlas, margin):
+    """Atlas-grid box holding the patch and the true nodule's bounding sphere."""
+    reach = max(row[f"semi_axis_{a}_mm"] for a in "xyz") * 1.5 / atlas.spacing_mm + margin
+    centre = atlas.world_to_voxel(centre_mm)[0][::-1]
+    lo = [min(p.start, int(np.floor(c - reach))) for p, c in zip(patch.slices, centre)]
+    hi = [max(p.stop, int(np.ceil(c + reach)) + 1) for p, c in zip(patch.slices, centre)]
+    return tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(lo, hi, atlas.labels.shape))

@@ -1,0 +1,518 @@
+"""Registering a cohort: manifest + heatmaps -> one sparse 3D patch per nodule and a QC table.
+
+Output folder::
+
+    patches/<nodule>.npz   the nodule's patch (see :func:`save_patch`) and its QC row
+    qc.csv                 one row per nodule of the manifest (columns in :data:`QC_COLUMNS`)
+    register.json          parameters, atlas grid, software version, counts
+
+A nodule is ``(patient_id, nodule_id)``; its key is ``<patient_id>-N<nodule_id>``. Resumable: a
+nodule whose patch exists is not registered again (a run with other parameters into the same
+folder is refused), failed nodules are retried. Parallel over nodules on local processes or a
+Dask cluster (:func:`llnm3d.parallel.map_cases`); each nodule is computed single-threaded from
+its own inputs, so the results do not depend on where or in which order they ran.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from PIL import Image
+from skimage.measure import regionprops
+
+from .. import __version__
+from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, part_name
+from ..io import (
+    InputError,
+    atomic_path,
+    ensure_writable_dir,
+    read_json,
+    read_mask,
+    safe_name,
+    to_json,
+    write_json,
+)
+from ..manifest import Manifest, read_manifest
+from ..parallel import map_cases
+from .fusion import NoduleRegistration, Patch, fuse_views, grid_signature, register_nodule
+from .views import VIEWS, RegistrationError, ViewImage
+
+FORMAT = "llnm3d-registered/1"
+MIN_DICE_OK = 0.8
+MIN_DICE = 0.5
+MIN_NODULE_INSIDE = 0.5
+VIEW_QC = ("case_id", "level_mm", "scale", "rotation_deg", "dice", "metric", "transform")
+QC_COLUMNS = [
+    "nodule", "patient_id", "nodule_id", "side", "status", "reason", "views", "label",
+    "probability", "age", "sex", "diameter_mm", "centre_x_mm", "centre_y_mm", "centre_z_mm",
+    "region", "region_name", "centre_capsule_distance_mm", "capsule_distance_mm",
+    "patch_voxels", "rounds", "converged", "pixel_spacing_assumed",
+    *[f"{view}_{item}" for view in VIEWS for item in VIEW_QC],
+]
+_TRUE = {"1", "true", "yes", "y"}
+_DEPTH = {"front": "front", "anterior": "front", "back": "back", "posterior": "back"}
+
+
+class CaseError(RuntimeError):
+    """Bad input for one nodule: it fails with this message and the cohort goes on."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Registration parameters (recorded in register.json; a resumed run must match)."""
+
+    transform: str = "similarity"
+    min_weight: float = 0.05
+    allow_coarse_location: bool = False
+    heatmaps: bool = True
+
+    def as_dict(self) -> dict:
+        return {"transform": self.transform, "min_weight": self.min_weight,
+                "allow_coarse_location": self.allow_coarse_location, "heatmaps": self.heatmaps}
+
+
+@dataclass
+class Registered:
+    """A registered cohort: the QC table and each nodule's patch.
+
+    Attributes
+    ----------
+    qc : pandas.DataFrame
+        One row per nodule (:data:`QC_COLUMNS`); ``status`` is ok, warning or failed.
+    out_dir : Path or None
+        Folder the patches are in (None when registered in memory).
+    failures : list of (nodule, reason)
+    """
+
+    qc: pd.DataFrame
+    out_dir: Path | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    _patches: dict[str, Patch] = field(default_factory=dict, repr=False)
+
+    def patch(self, nodule: str) -> Patch:
+        """The patch of one nodule (read from disk when registered into a folder)."""
+        if nodule not in self._patches:
+            if self.out_dir is None:
+                raise KeyError(f"no patch for nodule {nodule!r}")
+            return load_patch(self.out_dir / "patches" / f"{safe_name(nodule)}.npz")
+        return self._patches[nodule]
+
+    def patches(self) -> Iterator[tuple[str, Patch]]:
+        """(nodule, patch) of every registered (ok or warning) nodule, in QC order."""
+        for nodule in self.qc.loc[self.qc["status"] != "failed", "nodule"]:
+            yield nodule, self.patch(nodule)
+
+
+def save_patch(path: Path, patch: Patch, qc_row: dict) -> None:
+    """Write a patch atomically as compressed ``.npz``: ``start_zyx``, ``mask``, ``heatmap``
+    (if any), the atlas grid (``grid`` JSON) and the QC row (``qc`` JSON)."""
+    arrays = {"start_zyx": patch.start_zyx, "mask": patch.mask,
+              "grid": to_json(patch.grid), "qc": to_json(qc_row)}
+    if patch.heatmap is not None:
+        arrays["heatmap"] = patch.heatmap
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_patch(path: str | Path) -> Patch:
+    """Read a patch written by :func:`save_patch`."""
+    with np.load(path) as data:
+        return Patch(data["start_zyx"].astype(np.int64), data["mask"].astype(bool),
+                     data["heatmap"] if "heatmap" in data.files else None,
+                     json.loads(str(data["grid"])))
+
+
+def _patch_qc(path: Path) -> dict:
+    with np.load(path) as data:
+        return json.loads(str(data["qc"]))
+
+
+def load_registered(out_dir: str | Path) -> Registered:
+    """Read a registration folder written by :func:`register`."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "qc.csv").is_file() or not (out_dir / "register.json").is_file():
+        raise InputError(f"{out_dir}: not a registration folder (no qc.csv/register.json); "
+                         "run `llnm3d register` first")
+    qc = pd.read_csv(out_dir / "qc.csv", dtype={"patient_id": str, "nodule_id": str,
+                                                 "nodule": str})
+    qc["reason"] = qc["reason"].fillna("")
+    return Registered(qc, out_dir, [])
+
+
+# -- per-nodule work ---------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(atlas: Atlas, settings: Settings) -> None:
+    # Nodules run in parallel; one ITK thread each keeps results independent of the machine.
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
+    _WORKER.update(atlas=atlas, settings=settings)
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in _TRUE
+
+
+def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
+    """Load and check one view's masks (and heatmap), flipped into the DESIGN.md layout."""
+    case_id = view["case_id"]
+    try:
+        with Image.open(view["image"]) as image:
+            shape = (image.height, image.width)
+    except (OSError, SyntaxError) as exc:
+        raise CaseError(f"{case_id}: cannot read image ({exc})") from None
+    masks = {}
+    for column in ("thyroid_mask", "nodule_mask"):
+        try:
+            mask = read_mask(view[column])
+        except (OSError, SyntaxError) as exc:
+            raise CaseError(f"{case_id}: cannot read {column} ({exc})") from None
+        if mask.shape != shape:
+            raise CaseError(f"{case_id}: {column} is {mask.shape[1]}x{mask.shape[0]} pixels "
+                            f"but the image is {shape[1]}x{shape[0]}")
+        if not mask.any():
+            raise CaseError(f"{case_id}: {column} is empty")
+        masks[column] = mask
+    thyroid, nodule = masks["thyroid_mask"], masks["nodule_mask"]
+    inside = (nodule & thyroid).sum() / nodule.sum()
+    if inside < MIN_NODULE_INSIDE:
+        raise CaseError(f"{case_id}: the nodule mask lies outside the thyroid mask "
+                        f"({inside:.0%} of it inside)")
+    heatmap = None
+    if heatmap_path is not None:
+        if not heatmap_path.is_file():
+            raise CaseError(f"{case_id}: no heatmap ({heatmap_path.name}); run `llnm3d "
+                            "heatmap` on this manifest first")
+        with np.load(heatmap_path) as data:
+            heatmap = data["heatmap"].astype(np.float32)
+        if heatmap.shape != shape:
+            raise CaseError(f"{case_id}: heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} but "
+                            f"the image is {shape[1]}x{shape[0]}")
+        if not np.isfinite(heatmap).all():
+            raise CaseError(f"{case_id}: heatmap has NaN or infinite values")
+    if view["flip"]:
+        thyroid, nodule = thyroid[:, ::-1], nodule[:, ::-1]
+        heatmap = None if heatmap is None else heatmap[:, ::-1]
+    return ViewImage(case_id, view["view"], np.ascontiguousarray(thyroid),
+                     np.ascontiguousarray(nodule),
+                     None if heatmap is None else np.ascontiguousarray(heatmap),
+                     view["spacing_mm"])
+
+
+def _nodule_job(job: dict) -> tuple[str, dict | str]:
+    """Register one nodule; returns (key, {"qc": row, "patch": Patch}) or (key, reason)."""
+    key = job["nodule"]
+    try:
+        return key, _register_one(job)
+    except (CaseError, RegistrationError) as exc:
+        return key, str(exc)
+    except Exception as exc:  # one broken nodule is reported and the cohort goes on
+        return key, f"{type(exc).__name__}: {exc}"
+
+
+def _register_one(job: dict) -> dict:
+    atlas, settings = _WORKER["atlas"], _WORKER["settings"]
+    out_dir = job["out_dir"]
+    warnings = []
+    missing_mask = [v["case_id"] for v in job["views"] if v["thyroid_mask"] is None]
+    if missing_mask or any(v["nodule_mask"] is None for v in job["views"]):
+        patch, row = _coarse_location(job, atlas, settings, missing_mask)
+        warnings.append(row.pop("reason"))
+    else:
+        images = {v["view"]: _read_view(v, v["heatmap"]) for v in job["views"]}
+        nodule = register_nodule(images, atlas, job["side"], transform=settings.transform)
+        patch = fuse_views(images, nodule, atlas, job["side"], settings.min_weight)
+        row = _registration_qc(images, nodule, warnings)
+    row.update(_location_qc(patch, row, atlas, warnings))
+    row.update({k: job[k] for k in ("nodule", "patient_id", "nodule_id", "side", "label",
+                                    "age", "sex")})
+    row["probability"] = _mean_probability(job)
+    row["status"] = "warning" if warnings else "ok"
+    row["reason"] = "; ".join(warnings)
+    row = {column: row.get(column) for column in QC_COLUMNS}
+    if out_dir is not None:
+        save_patch(out_dir / "patches" / f"{safe_name(job['nodule'])}.npz", patch, row)
+        return {"qc": row}
+    return {"qc": row, "patch": patch}
+
+
+def _registration_qc(images: dict[str, ViewImage], nodule: NoduleRegistration,
+                     warnings: list[str]) -> dict:
+    row = {"views": "+".join(v for v in VIEWS if v in images), "rounds": nodule.rounds,
+           "converged": nodule.converged,
+           "pixel_spacing_assumed": any(i.spacing_mm is None for i in images.values())}
+    for view, registration in nodule.views.items():
+        image = images[view]
+        row.update({
+            f"{view}_case_id": image.case_id, f"{view}_level_mm": registration.level_mm,
+            f"{view}_scale": registration.scale, f"{view}_rotation_deg": registration.rotation_deg,
+            f"{view}_dice": registration.dice, f"{view}_metric": registration.metric,
+            f"{view}_transform": json.dumps(
+                [*registration.matrix.ravel().round(6), *registration.offset.round(4)]),
+        })
+        if registration.dice < MIN_DICE:
+            raise RegistrationError(f"{image.case_id}: registration failed (thyroid overlap with "
+                                    f"the atlas section, Dice {registration.dice:.2f})")
+        if registration.dice < MIN_DICE_OK:
+            warnings.append(f"{image.case_id}: low thyroid overlap (Dice "
+                            f"{registration.dice:.2f})")
+    row["diameter_mm"] = max(
+        regionprops(image.nodule_mask.astype(np.uint8))[0].feret_diameter_max * image.pixel_mm
+        for image in images.values())
+    if nodule.prior_axis:
+        warnings.append(f"{row['views']} view only: {nodule.prior_axis} from the prior")
+    if not nodule.converged:
+        warnings.append(f"views did not agree within {nodule.rounds} rounds")
+    if row["pixel_spacing_assumed"]:
+        warnings.append("pixel spacing missing: assumed, scale left to the registration")
+    row["centre_mm"] = nodule.centre_mm
+    return row
+
+
+def _location_qc(patch: Patch, row: dict, atlas: Atlas, warnings: list[str]) -> dict:
+    """Centre, region and capsule distances of the registered nodule."""
+    centre = np.asarray(row.pop("centre_mm"), dtype=float)
+    centre_distance = float(atlas.capsule_distance_mm(centre[None])[0])
+    if not np.isfinite(centre_distance):
+        raise RegistrationError(f"nodule centre {np.round(centre, 1).tolist()} mm is outside "
+                                "the atlas grid")
+    region = int(atlas.nearest_region_of(centre[None])[0])
+    if centre_distance > 1.0:
+        warnings.append(f"centre {centre_distance:.1f} mm outside the gland")
+    mask_distance = atlas.capsule_distance[patch.slices][patch.mask]
+    edge = float(max(0.0, -mask_distance.max())) if mask_distance.size else np.nan
+    return {"centre_x_mm": centre[0], "centre_y_mm": centre[1], "centre_z_mm": centre[2],
+            "region": region, "region_name": REGION_NAMES.get(region, "outside"),
+            "centre_capsule_distance_mm": -centre_distance, "capsule_distance_mm": edge,
+            "patch_voxels": int(patch.mask.size)}
+
+
+def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[str]
+                     ) -> tuple[Patch, dict]:
+    """A nodule without masks, placed by the manifest's lobe third and front/back half."""
+    cases = ", ".join(missing) or ", ".join(v["case_id"] for v in job["views"])
+    what = "thyroid mask" if missing else "nodule mask"
+    third, depth = job.get("lobe_third", ""), job.get("front_back", "")
+    if not settings.allow_coarse_location:
+        raise CaseError(f"{cases}: no {what}, so the view cannot be registered (give lobe_third "
+                        "and front_back in the manifest and allow a coarse location)")
+    thirds = {name: code for code, name in THIRD_NAMES.items()}
+    if third not in thirds or depth not in _DEPTH:
+        raise CaseError(f"{cases}: no {what}, and no usable coarse location (lobe_third "
+                        f"{third!r} must be upper/middle/lower, front_back {depth!r} "
+                        "front/back)")
+    part = part_name(job["side"])
+    region = atlas.labels == 10 * part + thirds[third]
+    y_mm = atlas.origin_mm[1] + atlas.spacing_mm * np.arange(atlas.labels.shape[1])
+    centre_y = atlas.lobe_axes[part]["centre_mm"][1]
+    front = (y_mm < centre_y) if _DEPTH[depth] == "front" else (y_mm >= centre_y)
+    region &= front[None, :, None]
+    k, j, i = np.nonzero(region)
+    box = (slice(k.min(), k.max() + 1), slice(j.min(), j.max() + 1), slice(i.min(), i.max() + 1))
+    mask = np.ascontiguousarray(region[box])
+    patch = Patch(np.array([k.min(), j.min(), i.min()], np.int64), mask,
+                  mask.astype(np.float16) if settings.heatmaps else None,
+                  grid_signature(atlas))
+    centre = atlas.voxel_to_world(np.stack([i, j, k], 1).mean(axis=0))[0]
+    row = {"views": "coarse", "rounds": 0, "converged": True, "pixel_spacing_assumed": False,
+           "centre_mm": centre,
+           "reason": f"no {what}: placed by the manifest's coarse location ({third} third, "
+                     f"{_DEPTH[depth]})"}
+    return patch, row
+
+
+def _mean_probability(job: dict) -> float | None:
+    values = []
+    for view in job["views"]:
+        path = view["heatmap"]
+        if path is not None and path.is_file():
+            with np.load(path) as data:
+                values.append(float(data["probability"]))
+    return float(np.mean(values)) if values else None
+
+
+# -- the cohort ----------------------------------------------------------------------------------
+
+def _nodule_problem(rows: pd.DataFrame) -> str | None:
+    """Why a nodule's manifest rows cannot be registered together, or None."""
+    views = rows["view"].tolist()
+    sides = set(rows["side"])
+    if len(set(views)) < len(views):
+        return (f"more than one image per view ({', '.join(rows['case_id'])}); keep one "
+                "transverse and one longitudinal image per nodule")
+    if sides == {""}:
+        return "side (L/R) is missing"
+    if len(sides) > 1:
+        return f"its images disagree on the side ({', '.join(sorted(sides))})"
+    if "label" in rows and rows["label"].dropna().nunique() > 1:
+        return "its images disagree on the label"
+    return None
+
+
+def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | None
+                 ) -> tuple[list[dict], list[dict]]:
+    """One job per nodule from the manifest rows, and the failed QC rows of nodules whose
+    rows cannot be registered (a rejected row, rows that disagree)."""
+    # A nodule with a rejected manifest row fails with that row's problem rather than
+    # quietly losing a view.
+    rejected: dict[tuple[str, str], str] = {}
+    for _, row in manifest.rejected.iterrows():
+        rejected.setdefault((row["patient_id"], row["nodule_id"]),
+                            f"{row['case_id'] or 'a row'}: {row['problem']}")
+    jobs, failed = [], []
+    for (patient_id, nodule_id), rows in manifest.table.groupby(["patient_id", "nodule_id"],
+                                                                sort=False):
+        first = rows.iloc[0]
+        label = rows["label"].dropna() if "label" in rows else pd.Series(dtype=float)
+        job = {"nodule": f"{patient_id}-N{nodule_id}", "patient_id": str(patient_id),
+               "nodule_id": str(nodule_id), "side": first["side"],
+               "label": int(label.iloc[0]) if len(label) else None,
+               "age": _number(first.get("age")), "sex": first.get("sex") or None,
+               "lobe_third": str(first.get("lobe_third", "")).strip().lower(),
+               "front_back": str(first.get("front_back", "")).strip().lower(),
+               "out_dir": out_dir, "views": []}
+        for _, row in rows.iterrows():
+            job["views"].append({
+                "case_id": row["case_id"], "view": row["view"],
+                "image": manifest.path(row, "image"),
+                "thyroid_mask": manifest.path(row, "thyroid_mask"),
+                "nodule_mask": manifest.path(row, "nodule_mask"),
+                "spacing_mm": _number(row.get("pixel_spacing_mm")),
+                "flip": _truthy(row.get("flip_horizontal", "")),
+                "heatmap": (heatmap_dir / "heatmaps" / f"{safe_name(row['case_id'])}.npz"
+                            if heatmap_dir is not None else None),
+            })
+        problem = rejected.pop((patient_id, nodule_id), None) or _nodule_problem(rows)
+        if problem:
+            failed.append(_failed_row(job, problem))
+        else:
+            jobs.append(job)
+    for (patient_id, nodule_id), problem in rejected.items():
+        failed.append(_failed_row({"nodule": f"{patient_id}-N{nodule_id}",
+                                   "patient_id": patient_id, "nodule_id": nodule_id}, problem))
+    return jobs, failed
+
+
+def _number(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _check_resume(out_dir: Path, params: dict) -> None:
+    record = out_dir / "register.json"
+    if record.exists():
+        previous = read_json(record)
+        if previous.get("parameters") != params:
+            raise InputError(f"{out_dir} holds a registration made with other parameters or "
+                             "another atlas; use a new folder or delete it")
+    write_json(record, {"format": FORMAT, "parameters": params, "complete": False})
+
+
+def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
+             atlas: Atlas | None = None, out_dir: str | Path | None = None,
+             transform: str = "similarity", min_weight: float = 0.05,
+             allow_coarse_location: bool = False, workers: int | None = None,
+             scheduler: str | None = None, progress: bool = True) -> Registered:
+    """Register every nodule of a cohort onto the atlas.
+
+    Parameters
+    ----------
+    cases : path or Manifest
+        The cohort manifest (DESIGN.md columns). Optional extra columns ``lobe_third``
+        (upper/middle/lower) and ``front_back`` (front/back) place a nodule without masks
+        when ``allow_coarse_location`` is set.
+    heatmaps : path, optional
+        Output folder of ``llnm3d heatmap`` for this manifest. Without it, patches carry the
+        fused nodule mask only.
+    atlas : Atlas, optional
+        Default: :meth:`Atlas.default`.
+    out_dir : path, optional
+        Output folder (layout in the module docstring); resumable. None keeps the patches in
+        memory.
+    transform : {"similarity", "affine"}
+    min_weight : float
+        Fused heatmap values below this are dropped (sparser patches).
+    allow_coarse_location : bool
+        Place nodules whose views lack masks by the manifest's coarse location (flagged as
+        warnings) instead of failing them.
+    workers : int, optional
+        Local worker processes (default: all cores); with ``scheduler="local"`` the size of
+        the local Dask cluster.
+    scheduler : str, optional
+        Dask scheduler address, or ``"local"`` (see :func:`llnm3d.parallel.map_cases`).
+
+    Returns
+    -------
+    Registered
+        The QC table (a row per nodule, failed ones included with their reason) and patches.
+    """
+    manifest = cases if isinstance(cases, Manifest) else read_manifest(cases)
+    atlas = atlas or Atlas.default()
+    if transform not in ("similarity", "affine"):
+        raise InputError(f"unknown transform {transform!r}: similarity or affine")
+    if not 0 <= min_weight < 1:
+        raise InputError(f"min_weight {min_weight} must be in [0, 1)")
+    heatmap_dir = None
+    if heatmaps is not None:
+        heatmap_dir = Path(heatmaps)
+        if not (heatmap_dir / "heatmaps").is_dir():
+            raise InputError(f"{heatmap_dir}: no heatmaps/ folder; run `llnm3d heatmap` first "
+                             "or register without heatmaps")
+    settings = Settings(transform, float(min_weight), allow_coarse_location,
+                        heatmap_dir is not None)
+    if out_dir is not None:
+        out_dir = ensure_writable_dir(out_dir)
+        _check_resume(out_dir, {**settings.as_dict(), "atlas": grid_signature(atlas),
+                                "atlas_metadata": atlas.metadata})
+    jobs, failed_rows = _nodule_jobs(manifest, heatmap_dir, out_dir)
+    done: dict[str, dict] = {}
+    if out_dir is not None:
+        for job in jobs:
+            path = out_dir / "patches" / f"{safe_name(job['nodule'])}.npz"
+            if path.exists():
+                done[job["nodule"]] = _patch_qc(path)
+    todo = [job for job in jobs if job["nodule"] not in done]
+    results, run_failures = map_cases(_nodule_job, todo, workers, progress, desc="register",
+                                      unit="nodule", initializer=_init_worker,
+                                      initargs=(atlas, settings), chunksize=4,
+                                      scheduler=scheduler)
+    outcomes = {r["qc"]["nodule"]: r for r in results} | dict(run_failures)
+    rows, patches = [], {}
+    for job in jobs:
+        key = job["nodule"]
+        if key in done:
+            rows.append(done[key])
+        elif isinstance(outcomes[key], str):
+            rows.append(_failed_row(job, outcomes[key]))
+        else:
+            rows.append(outcomes[key]["qc"])
+            if "patch" in outcomes[key]:
+                patches[key] = outcomes[key]["patch"]
+    rows += failed_rows
+    failures = [(row["nodule"], row["reason"]) for row in rows if row["status"] == "failed"]
+    qc = pd.DataFrame(rows, columns=QC_COLUMNS)
+    if out_dir is not None:
+        with atomic_path(out_dir / "qc.csv") as tmp:
+            qc.to_csv(tmp, index=False)
+        counts = qc["status"].value_counts().to_dict()
+        write_json(out_dir / "register.json", {
+            "format": FORMAT, "parameters": read_json(out_dir / "register.json")["parameters"],
+            "complete": True, "llnm3d_version": __version__, "counts": counts,
+            "failures": [{"id": key, "reason": reason} for key, reason in failures]})
+    return Registered(qc, out_dir, failures, patches)
+
+
+def _failed_row(job: dict, reason: str) -> dict:
+    row = {column: job.get(column) for column in QC_COLUMNS}
+    row.update(status="failed", reason=reason,
+               views="+".join(v["view"] for v in job.get("views", [])))
+    return row

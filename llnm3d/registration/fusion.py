@@ -1,0 +1,250 @@
+"""One nodule: its two views registered consistently, then fused into a 3D patch in atlas space.
+
+Which sections? The longitudinal view says how far up the lobe the nodule sits (the z of the
+axial plane the transverse view cut); the transverse view says how far medial or lateral (the
+x of the sagittal plane the longitudinal view cut). :func:`register_nodule` starts both at the
+lobe's centre, registers the longitudinal view, moves the transverse plane to the nodule's z,
+registers it, moves the longitudinal plane to the nodule's x, and so on until both levels move
+less than ``tolerance_mm`` (at most ``max_rounds`` rounds).
+
+Fusion rule (:func:`fuse_views`). Each view is back-projected along its missing axis: the
+transverse view gives a value for every (x, y), the same for all z; the longitudinal view one
+for every (z, y), the same for all x. The fused heatmap is their geometric mean restricted to the
+gland, ``sqrt(H_t(x, y) * H_l(z, y))`` where the capsule distance is negative, so a voxel is
+salient only when both views agree. The fused nodule is the intersection of the two
+back-projected nodule masks (the nodule's visual hull from two orthogonal views). Values below
+``min_weight`` are dropped so patches stay sparse.
+
+With one view the missing axis is spread by a prior: a Gaussian centred on the lobe's centre
+along that axis with a standard deviation of a quarter of the lobe's extent (over the gland
+only) for the heatmap, and the nodule's in-plane equivalent diameter for the mask. Such
+nodules are flagged in the QC table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from ..atlas import Atlas, part_name
+from .views import RegistrationError, ViewImage, ViewRegistration, register_view
+
+_AXIS = {"transverse": 2, "longitudinal": 0}  # atlas axis (x, y, z order) a view's level fixes
+PRIOR_SIGMA_FRACTION = 0.25
+# Resolution of the alternation between views (its last round runs at the atlas spacing):
+# at 0.5, 1.0 and 1.5 mm the centre errors agree within 0.05 mm; 1.5 mm is twice as fast.
+COARSE_STEP_MM = 1.5
+
+
+@dataclass
+class Patch:
+    """A nodule's evidence in atlas space on a box of the atlas grid.
+
+    Attributes
+    ----------
+    start_zyx : ndarray of int, shape (3,)
+        Atlas voxel index (k, j, i) of the box's first voxel.
+    mask : ndarray of bool, shape (nz, ny, nx)
+        Fused nodule occupancy.
+    heatmap : ndarray of float16, shape (nz, ny, nx), or None
+        Fused saliency 0..1 (None when registered without heatmaps). Half precision (3
+        significant digits) is ample for a weight and halves the size of a patch on disk.
+    grid : dict
+        The atlas grid the box indexes: ``shape_zyx``, ``origin_mm``, ``spacing_mm``.
+    """
+
+    start_zyx: np.ndarray
+    mask: np.ndarray
+    heatmap: np.ndarray | None
+    grid: dict = field(default_factory=dict)
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        """Index of the box in an atlas-shaped array."""
+        return tuple(slice(int(s), int(s) + n) for s, n in zip(self.start_zyx, self.mask.shape))
+
+    def to_dense(self, which: str = "mask") -> np.ndarray:
+        """The patch pasted into a zero atlas-shaped volume (float32)."""
+        volume = np.zeros(self.grid["shape_zyx"], np.float32)
+        volume[self.slices] = self.mask if which == "mask" else self.heatmap
+        return volume
+
+
+@dataclass
+class NoduleRegistration:
+    """Both views' registrations and the nodule's estimated centre.
+
+    Attributes
+    ----------
+    views : dict of str -> ViewRegistration
+    centre_mm : ndarray, shape (3,)
+        Estimated nodule centre in atlas mm.
+    rounds : int
+        Alternations between the views.
+    converged : bool
+        Both levels moved less than the tolerance in the last round.
+    prior_axis : str or None
+        The axis spread by the prior when a view is missing ("z" or "x").
+    """
+
+    views: dict[str, ViewRegistration]
+    centre_mm: np.ndarray
+    rounds: int
+    converged: bool
+    prior_axis: str | None = None
+
+
+def _centre_in_view(image: ViewImage, registration: ViewRegistration) -> np.ndarray:
+    u, v = image.nodule_centroid_mm()
+    return registration.image_to_atlas(v / image.pixel_mm, u / image.pixel_mm)[0]
+
+
+def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
+                    transform: str = "similarity", max_rounds: int = 4,
+                    tolerance_mm: float = 0.25, coarse_step_mm: float | None = None
+                    ) -> NoduleRegistration:
+    """Register a nodule's views (``{"transverse": ..., "longitudinal": ...}``, one or both)
+    consistently and estimate its centre in atlas mm (see the module docstring)."""
+    part = part_name(side)
+    lobe_centre = np.asarray(atlas.lobe_axes[part]["centre_mm"], dtype=float)
+    transverse, longitudinal = images.get("transverse"), images.get("longitudinal")
+    if transverse is None and longitudinal is None:
+        raise RegistrationError("no view to register")
+    if transverse is None or longitudinal is None:
+        image = transverse or longitudinal
+        level = lobe_centre[_AXIS[image.view]]
+        registration = register_view(image, atlas, level, part, transform=transform)
+        centre = _centre_in_view(image, registration)
+        centre[_AXIS[image.view]] = level
+        return NoduleRegistration({image.view: registration}, centre, 1, True,
+                                  prior_axis="z" if image.view == "transverse" else "x")
+
+    coarse = max(coarse_step_mm or COARSE_STEP_MM, atlas.spacing_mm)
+    x_level, z_level = lobe_centre[0], lobe_centre[2]
+    reg_l = reg_t = None
+    converged = False
+    rounds = 0
+    while rounds < max_rounds and not converged:
+        rounds += 1
+        reg_l = register_view(longitudinal, atlas, x_level, part, initial=reg_l,
+                              transform=transform, step_mm=coarse)
+        centre_l = _centre_in_view(longitudinal, reg_l)
+        reg_t = register_view(transverse, atlas, centre_l[2], part, initial=reg_t,
+                              transform=transform, step_mm=coarse)
+        centre_t = _centre_in_view(transverse, reg_t)
+        converged = (rounds > 1 and abs(centre_l[2] - z_level) < tolerance_mm
+                     and abs(centre_t[0] - x_level) < tolerance_mm)
+        x_level, z_level = centre_t[0], centre_l[2]
+    if coarse != atlas.spacing_mm:
+        # A last round at the atlas's resolution, from the converged levels.
+        reg_l = register_view(longitudinal, atlas, x_level, part, initial=reg_l,
+                              transform=transform)
+        centre_l = _centre_in_view(longitudinal, reg_l)
+        reg_t = register_view(transverse, atlas, centre_l[2], part, initial=reg_t,
+                              transform=transform)
+        centre_t = _centre_in_view(transverse, reg_t)
+    centre = np.array([centre_t[0], (centre_t[1] + centre_l[1]) / 2, centre_l[2]])
+    return NoduleRegistration({"transverse": reg_t, "longitudinal": reg_l}, centre, rounds,
+                              converged)
+
+
+def _grid_axes(atlas: Atlas) -> list[np.ndarray]:
+    """Atlas mm of the voxel centres along x, y, z."""
+    nz, ny, nx = atlas.labels.shape
+    return [atlas.origin_mm[d] + atlas.spacing_mm * np.arange(n)
+            for d, n in enumerate((nx, ny, nz))]
+
+
+def _back_project(image: ViewImage, registration: ViewRegistration, axes: list[np.ndarray],
+                  values: np.ndarray) -> np.ndarray:
+    """Sample an image-grid array at every (x, y) (transverse) or (z, y) (longitudinal) of the
+    atlas grid: shape (ny, nx) or (nz, ny); zero outside the field of view."""
+    x, y, z = axes
+    if image.view == "transverse":
+        a, b = np.meshgrid(y, x, indexing="ij")
+        points = np.stack([b.ravel(), a.ravel(), np.full(a.size, registration.level_mm)], 1)
+    else:
+        a, b = np.meshgrid(z, y, indexing="ij")
+        points = np.stack([np.full(a.size, registration.level_mm), b.ravel(), a.ravel()], 1)
+    rows_cols = registration.atlas_to_image(points)
+    sampled = ndimage.map_coordinates(values.astype(np.float32), rows_cols.T, order=1,
+                                      mode="constant", cval=0.0)
+    return sampled.reshape(a.shape)
+
+
+def _prior_profile(atlas: Atlas, part: int, axis: int, axes: list[np.ndarray]) -> np.ndarray:
+    """Gaussian prior along atlas ``axis`` (0 x, 2 z) centred on the lobe, sigma a quarter of
+    the lobe's extent."""
+    bounds = atlas.lobe_bounds_mm(part)
+    centre = np.asarray(atlas.lobe_axes[part]["centre_mm"])[axis]
+    sigma = PRIOR_SIGMA_FRACTION * (bounds[1, axis] - bounds[0, axis])
+    return np.exp(-0.5 * ((axes[axis] - centre) / sigma) ** 2)
+
+
+def fuse_views(images: dict[str, ViewImage], nodule: NoduleRegistration, atlas: Atlas,
+               side: int | str, min_weight: float = 0.05) -> Patch:
+    """Fuse the registered views of a nodule into one :class:`Patch` (rule in the module
+    docstring)."""
+    axes = _grid_axes(atlas)
+    nz, ny, nx = atlas.labels.shape
+    masks, heats = {}, {}
+    for view, registration in nodule.views.items():
+        image = images[view]
+        masks[view] = _back_project(image, registration, axes, image.nodule_mask) >= 0.5
+        if image.heatmap is not None:
+            heats[view] = _back_project(image, registration, axes, image.heatmap)
+    if nodule.prior_axis is not None:
+        part = part_name(side)
+        (view,) = nodule.views
+        image = images[view]
+        missing = "longitudinal" if view == "transverse" else "transverse"
+        axis = 2 if missing == "longitudinal" else 0
+        profile = _prior_profile(atlas, part, axis, axes)
+        diameter = 2 * np.sqrt(image.nodule_mask.sum() / np.pi) * image.pixel_mm
+        extent = np.abs(axes[axis] - nodule.centre_mm[axis]) <= diameter / 2
+        # The prior depends only on the missing axis; lay it out like that view's map.
+        if missing == "longitudinal":
+            heats_shape = (nz, ny)
+            masks[missing] = np.broadcast_to(extent[:, None], heats_shape)
+            prior = np.broadcast_to(profile[:, None], heats_shape)
+        else:
+            heats_shape = (ny, nx)
+            masks[missing] = np.broadcast_to(extent[None, :], heats_shape)
+            prior = np.broadcast_to(profile[None, :], heats_shape)
+        if heats:
+            heats[missing] = prior
+    mask = masks["longitudinal"][:, :, None] & masks["transverse"][None, :, :]
+    heatmap = None
+    if heats:
+        # Only where both maps are positive can the product be; bound the work by that box.
+        support = ((heats["longitudinal"] > 0)[:, :, None]
+                   & (heats["transverse"] > 0)[None, :, :])
+        box = _bounding_box(support | mask)
+        product = heats["longitudinal"][box[0], box[1], None] * heats["transverse"][None,
+                                                                                   box[1], box[2]]
+        fused = np.zeros(atlas.labels.shape, np.float32)
+        inside = atlas.capsule_distance[box] < 0
+        fused[box] = np.where(inside, np.sqrt(np.maximum(product, 0.0)), 0.0)
+        fused[fused < min_weight] = 0.0
+        heatmap = fused.astype(np.float16)
+    keep = mask if heatmap is None else mask | (heatmap > 0)
+    box = _bounding_box(keep)
+    start = np.array([s.start for s in box], dtype=np.int64)
+    return Patch(start, np.ascontiguousarray(mask[box]),
+                 None if heatmap is None else np.ascontiguousarray(heatmap[box]),
+                 grid_signature(atlas))
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    if not mask.any():
+        return (slice(0, 0),) * 3
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+
+
+def grid_signature(atlas: Atlas) -> dict:
+    """What identifies an atlas grid for patches: shape, origin and spacing."""
+    return {"shape_zyx": [int(n) for n in atlas.labels.shape],
+            "origin_mm": [float(o) for o in atlas.origin_mm],
+            "spacing_mm": float(atlas.spacing_mm)}
