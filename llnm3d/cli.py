@@ -292,8 +292,8 @@ def demo(
     patients: Annotated[int, typer.Option(help="Phantom patients.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Run the chain on bundled defaults: atlas, then a phantom cohort (later stages join as
-    they are built)."""
+    """Run the chain on bundled defaults: atlas, phantom cohort, heatmaps (bundled LLNM-Net),
+    registration (aggregation and the site join as they are built)."""
     from .demo import run_demo
 
     with _input_errors():

@@ -11,7 +11,9 @@ from .heatmap import compute_heatmaps
 from .io import ensure_writable_dir, write_json
 from .manifest import read_manifest
 from .phantom import make_phantom
+from .phantom.truth import registration_errors
 from .qc import contact_sheet
+from .registration import register
 
 
 def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
@@ -19,8 +21,10 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
     """Run the chain so far under ``out_dir``; return (and save) a summary.
 
     Writes ``atlas/``, ``phantom/`` (with ``contact_sheet.png``), ``heatmaps/`` (bundled
-    LLNM-Net predictions and GradCAM++ heatmaps) and ``summary.json``. Idempotent: a second run
-    with the same arguments reuses what is complete.
+    LLNM-Net predictions and GradCAM++ heatmaps), ``registered/`` (one 3D patch per nodule and
+    the QC table) and ``summary.json`` (with the registration error against the phantom's
+    truth, which only this summary reads). Idempotent: a second run with the same arguments
+    reuses what is complete.
     """
     out_dir = ensure_writable_dir(out_dir)
     atlas = Atlas.default()
@@ -33,6 +37,9 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
     scored = heatmaps.predictions.merge(cohort.manifest[["case_id", "label"]], on="case_id")
     per_view = {view: _auc(group["label"], group["probability"])
                 for view, group in scored.groupby("view")}
+    registered = register(manifest_path, heatmaps=out_dir / "heatmaps", atlas=atlas,
+                          out_dir=out_dir / "registered", progress=progress)
+    errors = registration_errors(registered.qc, cohort.out_dir, atlas)["error_mm"]
     per_nodule = scored.groupby(["patient_id", "nodule_id"]).agg(
         probability=("probability", "mean"), label=("label", "first"))
     summary = {
@@ -49,6 +56,10 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
         "model_auc_per_view": per_view,
         "model_auc_per_nodule": _auc(per_nodule["label"], per_nodule["probability"]),
         "failed_images": len(heatmaps.failures),
+        "registered": str(out_dir / "registered"),
+        "registration_status": registered.qc["status"].value_counts().to_dict(),
+        "registration_centre_error_mm": {"median": round(float(errors.median()), 2),
+                                         "p95": round(float(errors.quantile(0.95)), 2)},
         "seed": seed,
     }
     write_json(out_dir / "summary.json", summary)

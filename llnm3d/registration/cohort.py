@@ -56,6 +56,9 @@ QC_COLUMNS = [
     "patch_voxels", "rounds", "converged", "pixel_spacing_assumed",
     *[f"{view}_{item}" for view in VIEWS for item in VIEW_QC],
 ]
+_TEXT_COLUMNS = {"nodule", "patient_id", "nodule_id", "side", "status", "reason", "views",
+                 "sex", "region_name",
+                 *[f"{view}_{item}" for view in VIEWS for item in ("case_id", "transform")]}
 _TRUE = {"1", "true", "yes", "y"}
 _DEPTH = {"front": "front", "anterior": "front", "back": "back", "posterior": "back"}
 
@@ -142,10 +145,20 @@ def load_registered(out_dir: str | Path) -> Registered:
     if not (out_dir / "qc.csv").is_file() or not (out_dir / "register.json").is_file():
         raise InputError(f"{out_dir}: not a registration folder (no qc.csv/register.json); "
                          "run `llnm3d register` first")
-    qc = pd.read_csv(out_dir / "qc.csv", dtype={"patient_id": str, "nodule_id": str,
-                                                 "nodule": str})
-    qc["reason"] = qc["reason"].fillna("")
-    return Registered(qc, out_dir, [])
+    qc = pd.read_csv(out_dir / "qc.csv", dtype=str, keep_default_na=False)
+    return Registered(_typed_qc(qc), out_dir, [])
+
+
+def _typed_qc(qc: pd.DataFrame) -> pd.DataFrame:
+    """The QC table with one set of dtypes, however it was built: text columns as strings
+    ("" when empty), the others as floats (NaN when empty)."""
+    qc = qc.reindex(columns=QC_COLUMNS)
+    for column in QC_COLUMNS:
+        if column in _TEXT_COLUMNS:
+            qc[column] = qc[column].map(lambda v: "" if v is None or v != v else str(v))
+        else:
+            qc[column] = pd.to_numeric(qc[column].replace("", None), errors="coerce").astype(float)
+    return qc
 
 
 # -- per-nodule work ---------------------------------------------------------------------------
@@ -249,8 +262,8 @@ def _register_one(job: dict) -> dict:
 def _registration_qc(images: dict[str, ViewImage], nodule: NoduleRegistration,
                      warnings: list[str]) -> dict:
     row = {"views": "+".join(v for v in VIEWS if v in images), "rounds": nodule.rounds,
-           "converged": nodule.converged,
-           "pixel_spacing_assumed": any(i.spacing_mm is None for i in images.values())}
+           "converged": int(nodule.converged),
+           "pixel_spacing_assumed": int(any(i.spacing_mm is None for i in images.values()))}
     for view, registration in nodule.views.items():
         image = images[view]
         row.update({
@@ -324,7 +337,7 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
                   mask.astype(np.float16) if settings.heatmaps else None,
                   grid_signature(atlas))
     centre = atlas.voxel_to_world(np.stack([i, j, k], 1).mean(axis=0))[0]
-    row = {"views": "coarse", "rounds": 0, "converged": True, "pixel_spacing_assumed": False,
+    row = {"views": "coarse", "rounds": 0, "converged": 1, "pixel_spacing_assumed": 0,
            "centre_mm": centre,
            "reason": f"no {what}: placed by the manifest's coarse location ({third} third, "
                      f"{_DEPTH[depth]})"}
@@ -499,7 +512,7 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
                 patches[key] = outcomes[key]["patch"]
     rows += failed_rows
     failures = [(row["nodule"], row["reason"]) for row in rows if row["status"] == "failed"]
-    qc = pd.DataFrame(rows, columns=QC_COLUMNS)
+    qc = _typed_qc(pd.DataFrame(rows, columns=QC_COLUMNS))
     if out_dir is not None:
         with atomic_path(out_dir / "qc.csv") as tmp:
             qc.to_csv(tmp, index=False)

@@ -33,9 +33,11 @@ from .views import RegistrationError, ViewImage, ViewRegistration, register_view
 
 _AXIS = {"transverse": 2, "longitudinal": 0}  # atlas axis (x, y, z order) a view's level fixes
 PRIOR_SIGMA_FRACTION = 0.25
-# Resolution of the alternation between views (its last round runs at the atlas spacing):
-# at 0.5, 1.0 and 1.5 mm the centre errors agree within 0.05 mm; 1.5 mm is twice as fast.
-COARSE_STEP_MM = 1.5
+# Working resolution of the registrations (never finer than the atlas). Measured on 300
+# phantom nodules: registering at 1.5 mm, or refining at 1.0, 0.75 or 0.5 mm afterwards, gives
+# the same centre errors within 0.02 mm (the deformation a similarity cannot follow dominates);
+# refining at 0.5 mm costs 1.7x the time.
+WORKING_STEP_MM = 1.5
 
 
 @dataclass
@@ -103,7 +105,7 @@ def _centre_in_view(image: ViewImage, registration: ViewRegistration) -> np.ndar
 
 def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
                     transform: str = "similarity", max_rounds: int = 4,
-                    tolerance_mm: float = 0.25, coarse_step_mm: float | None = None
+                    tolerance_mm: float = 0.25, step_mm: float | None = None
                     ) -> NoduleRegistration:
     """Register a nodule's views (``{"transverse": ..., "longitudinal": ...}``, one or both)
     consistently and estimate its centre in atlas mm (see the module docstring)."""
@@ -115,13 +117,14 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
     if transverse is None or longitudinal is None:
         image = transverse or longitudinal
         level = lobe_centre[_AXIS[image.view]]
-        registration = register_view(image, atlas, level, part, transform=transform)
+        registration = register_view(image, atlas, level, part, transform=transform,
+                                     step_mm=max(step_mm or WORKING_STEP_MM, atlas.spacing_mm))
         centre = _centre_in_view(image, registration)
         centre[_AXIS[image.view]] = level
         return NoduleRegistration({image.view: registration}, centre, 1, True,
                                   prior_axis="z" if image.view == "transverse" else "x")
 
-    coarse = max(coarse_step_mm or COARSE_STEP_MM, atlas.spacing_mm)
+    step = max(step_mm or WORKING_STEP_MM, atlas.spacing_mm)
     x_level, z_level = lobe_centre[0], lobe_centre[2]
     reg_l = reg_t = None
     converged = False
@@ -129,22 +132,14 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
     while rounds < max_rounds and not converged:
         rounds += 1
         reg_l = register_view(longitudinal, atlas, x_level, part, initial=reg_l,
-                              transform=transform, step_mm=coarse)
+                              transform=transform, step_mm=step)
         centre_l = _centre_in_view(longitudinal, reg_l)
         reg_t = register_view(transverse, atlas, centre_l[2], part, initial=reg_t,
-                              transform=transform, step_mm=coarse)
+                              transform=transform, step_mm=step)
         centre_t = _centre_in_view(transverse, reg_t)
         converged = (rounds > 1 and abs(centre_l[2] - z_level) < tolerance_mm
                      and abs(centre_t[0] - x_level) < tolerance_mm)
         x_level, z_level = centre_t[0], centre_l[2]
-    if coarse != atlas.spacing_mm:
-        # A last round at the atlas's resolution, from the converged levels.
-        reg_l = register_view(longitudinal, atlas, x_level, part, initial=reg_l,
-                              transform=transform)
-        centre_l = _centre_in_view(longitudinal, reg_l)
-        reg_t = register_view(transverse, atlas, centre_l[2], part, initial=reg_t,
-                              transform=transform)
-        centre_t = _centre_in_view(transverse, reg_t)
     centre = np.array([centre_t[0], (centre_t[1] + centre_l[1]) / 2, centre_l[2]])
     return NoduleRegistration({"transverse": reg_t, "longitudinal": reg_l}, centre, rounds,
                               converged)
@@ -186,9 +181,13 @@ def _prior_profile(atlas: Atlas, part: int, axis: int, axes: list[np.ndarray]) -
 def fuse_views(images: dict[str, ViewImage], nodule: NoduleRegistration, atlas: Atlas,
                side: int | str, min_weight: float = 0.05) -> Patch:
     """Fuse the registered views of a nodule into one :class:`Patch` (rule in the module
-    docstring)."""
+    docstring).
+
+    Each view's back-projection is a 2D map (transverse over (y, x), longitudinal over
+    (z, y)); the 3D product is only formed on the box where both maps and the gland's
+    shadows can be non-zero, so a nodule costs a few milliseconds, not a pass over the atlas.
+    """
     axes = _grid_axes(atlas)
-    nz, ny, nx = atlas.labels.shape
     masks, heats = {}, {}
     for view, registration in nodule.views.items():
         image = images[view]
@@ -196,51 +195,61 @@ def fuse_views(images: dict[str, ViewImage], nodule: NoduleRegistration, atlas: 
         if image.heatmap is not None:
             heats[view] = _back_project(image, registration, axes, image.heatmap)
     if nodule.prior_axis is not None:
-        part = part_name(side)
-        (view,) = nodule.views
-        image = images[view]
-        missing = "longitudinal" if view == "transverse" else "transverse"
-        axis = 2 if missing == "longitudinal" else 0
-        profile = _prior_profile(atlas, part, axis, axes)
-        diameter = 2 * np.sqrt(image.nodule_mask.sum() / np.pi) * image.pixel_mm
-        extent = np.abs(axes[axis] - nodule.centre_mm[axis]) <= diameter / 2
-        # The prior depends only on the missing axis; lay it out like that view's map.
-        if missing == "longitudinal":
-            heats_shape = (nz, ny)
-            masks[missing] = np.broadcast_to(extent[:, None], heats_shape)
-            prior = np.broadcast_to(profile[:, None], heats_shape)
-        else:
-            heats_shape = (ny, nx)
-            masks[missing] = np.broadcast_to(extent[None, :], heats_shape)
-            prior = np.broadcast_to(profile[None, :], heats_shape)
-        if heats:
-            heats[missing] = prior
-    mask = masks["longitudinal"][:, :, None] & masks["transverse"][None, :, :]
+        _add_prior(images, nodule, atlas, side, axes, masks, heats)
+    gland = atlas.capsule_distance < 0
+    shadow = {"longitudinal": gland.any(axis=2), "transverse": gland.any(axis=0)}
+    support = {view: (masks[view] | (heats[view] > 0 if heats else False)) & shadow[view]
+               for view in masks}
+    z_range = _extent(support["longitudinal"].any(axis=1))
+    x_range = _extent(support["transverse"].any(axis=0))
+    y_range = _extent(support["longitudinal"].any(axis=0) & support["transverse"].any(axis=1))
+    box = (z_range, y_range, x_range)
+    long_mask, trans_mask = masks["longitudinal"][box[:2]], masks["transverse"][box[1:]]
+    mask = long_mask[:, :, None] & trans_mask[None, :, :]
+    keep = mask
     heatmap = None
     if heats:
-        # Only where both maps are positive can the product be; bound the work by that box.
-        support = ((heats["longitudinal"] > 0)[:, :, None]
-                   & (heats["transverse"] > 0)[None, :, :])
-        box = _bounding_box(support | mask)
-        product = heats["longitudinal"][box[0], box[1], None] * heats["transverse"][None,
-                                                                                   box[1], box[2]]
-        fused = np.zeros(atlas.labels.shape, np.float32)
-        inside = atlas.capsule_distance[box] < 0
-        fused[box] = np.where(inside, np.sqrt(np.maximum(product, 0.0)), 0.0)
+        product = heats["longitudinal"][box[:2]][:, :, None] * heats["transverse"][box[1:]][None]
+        fused = np.where(gland[box], np.sqrt(np.maximum(product, 0.0)), 0.0)
         fused[fused < min_weight] = 0.0
         heatmap = fused.astype(np.float16)
-    keep = mask if heatmap is None else mask | (heatmap > 0)
-    box = _bounding_box(keep)
-    start = np.array([s.start for s in box], dtype=np.int64)
-    return Patch(start, np.ascontiguousarray(mask[box]),
-                 None if heatmap is None else np.ascontiguousarray(heatmap[box]),
+        keep = mask | (heatmap > 0)
+    crop = _bounding_box(keep)
+    start = np.array([b.start + c.start for b, c in zip(box, crop)], dtype=np.int64)
+    return Patch(start, np.ascontiguousarray(mask[crop]),
+                 None if heatmap is None else np.ascontiguousarray(heatmap[crop]),
                  grid_signature(atlas))
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    if not mask.any():
-        return (slice(0, 0),) * 3
-    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+def _add_prior(images, nodule, atlas, side, axes, masks, heats) -> None:
+    """The missing view's maps from the prior (module docstring), in that view's layout."""
+    (view,) = nodule.views
+    image = images[view]
+    missing = "longitudinal" if view == "transverse" else "transverse"
+    axis = 2 if missing == "longitudinal" else 0
+    profile = _prior_profile(atlas, part_name(side), axis, axes)
+    diameter = 2 * np.sqrt(image.nodule_mask.sum() / np.pi) * image.pixel_mm
+    extent = np.abs(axes[axis] - nodule.centre_mm[axis]) <= diameter / 2
+    n_y = len(axes[1])
+    if missing == "longitudinal":  # (z, y), constant along y
+        masks[missing] = np.repeat(extent[:, None], n_y, axis=1)
+        prior = np.repeat(profile[:, None], n_y, axis=1)
+    else:  # (y, x), constant along y
+        masks[missing] = np.repeat(extent[None, :], n_y, axis=0)
+        prior = np.repeat(profile[None, :], n_y, axis=0)
+    if heats:
+        heats[missing] = prior
+
+
+def _extent(present: np.ndarray) -> slice:
+    """Slice from the first to the last True of a 1D array (empty if none)."""
+    index = np.flatnonzero(present)
+    return slice(int(index[0]), int(index[-1]) + 1) if index.size else slice(0, 0)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    return tuple(_extent(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+                 for axis in range(mask.ndim))
 
 
 def grid_signature(atlas: Atlas) -> dict:

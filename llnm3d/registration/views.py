@@ -330,8 +330,7 @@ def register_view(image: ViewImage, atlas: Atlas, level_mm: float, side: int | s
         Final transform; ``affine`` adds an affine stage after the similarity one.
     step_mm : float, optional
         Working resolution of both distance maps (default: the atlas spacing). Coarser is
-        faster: the alternation between views runs at twice the spacing, its last round at the
-        atlas spacing.
+        faster; :func:`~llnm3d.registration.fusion.register_nodule` works at 1.5 mm.
     iterations : int
         Optimiser iterations per resolution level.
 
@@ -371,7 +370,9 @@ def register_view(image: ViewImage, atlas: Atlas, level_mm: float, side: int | s
     similarity.SetAngle(float(np.arctan2(matrix[1, 0], matrix[0, 0])))
     # Same map as (matrix, offset) at the centre: T(c) = M c + offset.
     similarity.SetTranslation((matrix @ centre + offset - centre).tolist())
-    shrink = [2, 1] if initial is None else [1]
+    # A coarser first level helps from the exhaustive search's start, but not below about 2 mm
+    # per pixel: a lobe then spans a handful of pixels and the optimiser can collapse the scale.
+    shrink = [2, 1] if initial is None and step <= 1.0 else [1]
     # A warm start is already close: smaller first steps save iterations.
     rate = 1.0 if initial is None else 0.3
     result, metric, n_iter = _optimise(fixed, moving, similarity, shrink, iterations, rate)
