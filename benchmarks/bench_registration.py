@@ -59,7 +59,8 @@ def _figure(errors: pd.DataFrame, atlas: Atlas, path: Path) -> None:
     extent_z = atlas.origin_mm[2] + atlas.spacing_mm * np.array([0, inside.shape[0] - 1])
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
     views = [("anterior view (x, z)", inside.any(axis=1), "x", "z", (*extent_x, *extent_z)),
-             ("right side view (y, z)", inside.any(axis=2), "y", "z", (*extent_y, *extent_z))]
+             ("view from the patient's right (y, z)", inside.any(axis=2), "y", "z",
+              (*extent_y, *extent_z))]
     for ax, (title, silhouette, a, b, extent) in zip(axes, views):
         ax.imshow(silhouette, origin="lower", extent=extent, cmap="Greys", alpha=0.25)
         for _, row in errors.iterrows():
@@ -73,7 +74,9 @@ def _figure(errors: pd.DataFrame, atlas: Atlas, path: Path) -> None:
         ax.set_ylabel(f"{b} (mm)")
         ax.set_title(title)
         ax.set_aspect("equal")
-    axes[0].invert_xaxis()  # anterior view: the patient's right on the viewer's left
+    # Seen from the front, the patient's right (x < 0) is on the viewer's left; seen from the
+    # patient's right, the front (y < 0) is on the viewer's right.
+    axes[1].invert_xaxis()
     axes[0].legend(loc="lower left", fontsize=8)
     median = errors["error_mm"].median()
     fig.suptitle(f"{len(errors)} phantom nodules: true vs registered centres in atlas space "

@@ -11,7 +11,7 @@ from llnm3d.cli import app
 
 runner = CliRunner()
 COMMANDS = ["atlas", "phantom", "section", "check-manifest", "contact-sheet", "features",
-            "train", "heatmap", "demo"]
+            "train", "heatmap", "register", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -107,6 +107,8 @@ def test_demo_runs_and_is_idempotent(tmp_path):
     assert first.exit_code == 0, first.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["patients"] == 3 and summary["images"] == 2 * summary["nodules"]
+    assert sum(summary["registration_status"].values()) == summary["nodules"]
+    assert summary["registration_centre_error_mm"]["median"] < 3.0
     second = runner.invoke(app, args)
     assert second.exit_code == 0
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
@@ -131,6 +133,16 @@ def test_features_train_and_heatmap_commands(cohort, model_dir, tmp_path):
                                  str(tmp_path / "heat"), "--model-dir", str(model_dir)])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(tmp_path / "heat" / "predictions.csv")) == len(cohort.manifest)
+
+    result = runner.invoke(app, ["register", "--manifest", manifest, "--heatmaps",
+                                 str(tmp_path / "heat"), "--out", str(tmp_path / "reg"),
+                                 "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    qc = pd.read_csv(tmp_path / "reg" / "qc.csv")
+    assert len(qc) == len(cohort.truth) and (qc["status"] != "failed").all()
+    assert qc["probability"].between(0, 1).all()
+    with np.load(tmp_path / "reg" / "patches" / f"{qc['nodule'].iloc[0]}.npz") as patch:
+        assert patch["heatmap"].dtype == np.float16 and patch["heatmap"].max() > 0
 
 
 def test_train_rejects_unknown_view(cohort, tmp_path):

@@ -6,7 +6,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from typer.testing import CliRunner
+
 from llnm3d import load_registered, register
+from llnm3d.cli import app
 from llnm3d.io import InputError
 from llnm3d.phantom.truth import registration_errors
 from llnm3d.registration import ViewImage, atlas_plane, load_patch, register_view
@@ -245,3 +248,23 @@ def test_patches_round_trip_and_know_their_grid(registered, atlas):
     assert dense[k, j, i] == 1.0
     with pytest.raises(InputError, match="not a registration folder"):
         load_registered(registered.out_dir / "patches")
+
+
+def test_cli_exit_codes_follow_the_convention(cohort, tmp_path):
+    root, manifest = _copy_cohort(cohort, tmp_path)
+    manifest.loc[0, "side"] = ""
+    manifest.to_csv(root / "manifest.csv", index=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["register", "--manifest", str(root / "manifest.csv"),
+                                 "--out", str(tmp_path / "out"), "--workers", "1"])
+    key = f"{manifest.loc[0, 'patient_id']}-N{manifest.loc[0, 'nodule_id']}"
+    assert result.exit_code == 1
+    assert f"failed: nodule {key}: " in result.output
+    assert "side (L/R) is missing" in result.output
+    result = runner.invoke(app, ["register", "--manifest", str(tmp_path / "none.csv"),
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "manifest not found" in result.output
+    result = runner.invoke(app, ["register", "--manifest", str(root / "manifest.csv"),
+                                 "--out", str(tmp_path / "out2"), "--heatmaps",
+                                 str(tmp_path)])
+    assert result.exit_code == 2 and "no heatmaps/ folder" in result.output

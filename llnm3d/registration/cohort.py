@@ -363,8 +363,9 @@ def _nodule_problem(rows: pd.DataFrame) -> str | None:
     if len(set(views)) < len(views):
         return (f"more than one image per view ({', '.join(rows['case_id'])}); keep one "
                 "transverse and one longitudinal image per nodule")
-    if sides == {""}:
-        return "side (L/R) is missing"
+    if "" in sides:
+        missing = rows.loc[rows["side"] == "", "case_id"]
+        return f"side (L/R) is missing ({', '.join(missing)})"
     if len(sides) > 1:
         return f"its images disagree on the side ({', '.join(sorted(sides))})"
     if "label" in rows and rows["label"].dropna().nunique() > 1:
