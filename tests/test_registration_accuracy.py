@@ -18,4 +18,7 @@ def test_centre_error_and_thyroid_overlap_on_500_nodules(atlas, tmp_path):
     assert errors["error_mm"].quantile(0.95) <= 4.0
     for view in ("transverse", "longitudinal"):
         assert result.qc[f"{view}_dice"].median() >= 0.9
-    assert ((errors["region"] // 10 == 1) == (errors["side"] == "R")).all()
+    # No nodule lands in the other lobe (one next to the isthmus may land in it).
+    other_lobe = errors["side"].map({"R": 2, "L": 1})
+    assert (errors["region"] // 10 != other_lobe).all()
+    assert (errors["region"] // 10 == 3 - other_lobe).mean() > 0.99
