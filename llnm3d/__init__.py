@@ -4,5 +4,7 @@ __version__ = "0.1.0"
 
 from .atlas import Atlas, Section  # noqa: E402
 from .registration import Registered, load_registered, register  # noqa: E402
+from .statistics import Stats, aggregate, load_stats  # noqa: E402
 
-__all__ = ["Atlas", "Registered", "Section", "__version__", "load_registered", "register"]
+__all__ = ["Atlas", "Registered", "Section", "Stats", "__version__", "aggregate",
+           "load_registered", "load_stats", "register"]

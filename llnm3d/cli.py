@@ -287,6 +287,51 @@ def register(
 
 
 @app.command()
+def aggregate(
+    registered: Annotated[list[Path], typer.Option(
+        help="Output folder of `llnm3d register` (repeat to pool several).")],
+    out: Annotated[Path, typer.Option(help="Output folder (maps, tables, summary.json).")],
+    atlas_path: AtlasOption = None,
+    weight: Annotated[str, typer.Option(
+        help="A nodule's weight at a voxel: heatmap (fused GradCAM++) or mask (fused nodule "
+             "occupancy).")] = "heatmap",
+    min_cases: Annotated[int, typer.Option(
+        help="Mask voxels touched by fewer nodules (like LESYMAP's minimum subjects).")] = 10,
+    permutations: Annotated[int, typer.Option(
+        help="Max-statistic permutations for family-wise corrected p (0: none).")] = 1000,
+    covariates: Annotated[str, typer.Option(
+        help="Comma-separated confounds of the OLS test: age, sex, size.")] = "",
+    seed: Annotated[int, typer.Option(help="Seed of the permutations.")] = 0,
+    update: Annotated[bool, typer.Option(
+        help="Add nodules not yet in OUT's result to it.")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Worker processes for the accumulation (default: all cores).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Dask scheduler address, or 'local'; the result does not depend on it.")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="torch device of the permutations (default: cuda if available).")] = None,
+) -> None:
+    """Voxelwise LLNM probability maps, tests and region/capsule-distance tables (resumable)."""
+    from .statistics import aggregate as aggregate_stats
+
+    names = [c.strip() for c in covariates.split(",") if c.strip()]
+    with _input_errors():
+        stats = aggregate_stats(registered, atlas=_load_atlas(atlas_path), out_dir=out,
+                                weight=weight, min_cases=min_cases, permutations=permutations,
+                                covariates=names, seed=seed, update=update, workers=workers,
+                                scheduler=scheduler, device=device)
+    summary = stats.summary
+    excluded = {k: v for k, v in summary["excluded"].items() if v}
+    typer.echo(f"{summary['nodules']} nodules ({summary['events']} with LLNM), "
+               f"{summary['voxels']['tested']} voxels with >= {min_cases} nodules; "
+               f"maps and tables in {out}")
+    if excluded:
+        typer.echo(f"excluded: {excluded}")
+    for note in summary["notes"]:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
     patients: Annotated[int, typer.Option(help="Phantom patients.")] = 200,

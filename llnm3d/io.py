@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
@@ -171,13 +172,24 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    image = sitk.ReadImage(str(path))
-    spacing = np.array(image.GetSpacing())
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: not a readable volume ({str(exc).splitlines()[0]})") from None
+    spacing = np.array(reader.GetSpacing())
     if not np.allclose(spacing, spacing[0], rtol=1e-5):
         raise InputError(f"{path}: voxel spacing {tuple(spacing)} is not isotropic")
-    if not np.allclose(np.array(image.GetDirection()), np.eye(3).ravel(), atol=1e-5):
+    if not np.allclose(np.array(reader.GetDirection()), np.eye(3).ravel(), atol=1e-5):
         raise InputError(f"{path}: direction is not the identity (atlas volumes are LPS-aligned)")
-    return sitk.GetArrayFromImage(image), np.array(image.GetOrigin()), float(spacing[0])
+    # ITK's NIfTI reader turns NaN (our "masked") into 0; nibabel keeps the stored values.
+    try:
+        image = nib.load(path)
+        array = np.asarray(image.dataobj).transpose(2, 1, 0)
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: cannot read the voxel data ({exc})") from None
+    return np.ascontiguousarray(array), np.array(reader.GetOrigin()), float(spacing[0])
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

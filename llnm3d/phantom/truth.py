@@ -91,3 +91,35 @@ def _union_box(patch, centre_mm, row, atlas, margin):
     lo = [min(p.start, int(np.floor(c - reach))) for p, c in zip(patch.slices, centre)]
     hi = [max(p.stop, int(np.ceil(c + reach)) + 1) for p, c in zip(patch.slices, centre)]
     return tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(lo, hi, atlas.labels.shape))
+
+
+def planted_risk_map(stats, registered, phantom_dir: str | Path, atlas: Atlas) -> np.ndarray:
+    """The planted expected-risk map matching a statistics result, shape of the atlas.
+
+    At each voxel, the mean of the true risks (truth.csv ``risk``, the planted probability of
+    LLNM of each nodule) of the nodules that entered ``stats``, with the same weights: what
+    the recovered probability map estimates from the nodules' binary outcomes. NaN where
+    ``stats`` masked the probability.
+    """
+    from ..statistics.accumulate import (
+        NoduleInput,
+        accumulate_block,
+        analysis_domain,
+        domain_lookup,
+    )
+
+    truth, _ = read_truth(phantom_dir)
+    risk = truth.set_index("nodule")["risk"]
+    qc = registered.qc.set_index("nodule")
+    keys = [k for k in qc.index if k in risk.index and qc.loc[k, "status"] != "failed"]
+    inputs = [NoduleInput(k, registered.out_dir / "patches" / f"{k}.npz", float(risk[k]), None)
+              for k in keys]
+    domain = analysis_domain(atlas)
+    sums = accumulate_block(inputs, stats.summary["parameters"]["weight"],
+                            domain_lookup(atlas, domain), len(domain)).sums
+    with np.errstate(divide="ignore", invalid="ignore"):
+        planted = sums["sum_wy"] / sums["sum_w"]
+    volume = np.full(atlas.labels.size, np.nan)
+    volume[domain] = planted
+    volume = volume.reshape(atlas.labels.shape)
+    return np.where(np.isfinite(stats.volumes["probability"]), volume, np.nan)

@@ -48,12 +48,13 @@ FORMAT = "llnm3d-registered/1"
 MIN_DICE_OK = 0.8
 MIN_DICE = 0.5
 MIN_NODULE_INSIDE = 0.5
+MAX_DEPTH_GAP_MM = 3.0
 VIEW_QC = ("case_id", "level_mm", "scale", "rotation_deg", "dice", "metric", "transform")
 QC_COLUMNS = [
     "nodule", "patient_id", "nodule_id", "side", "status", "reason", "views", "label",
     "probability", "age", "sex", "diameter_mm", "centre_x_mm", "centre_y_mm", "centre_z_mm",
     "region", "region_name", "centre_capsule_distance_mm", "capsule_distance_mm",
-    "patch_voxels", "rounds", "converged", "pixel_spacing_assumed",
+    "patch_voxels", "rounds", "converged", "depth_gap_mm", "pixel_spacing_assumed",
     *[f"{view}_{item}" for view in VIEWS for item in VIEW_QC],
 ]
 _TEXT_COLUMNS = {"nodule", "patient_id", "nodule_id", "side", "status", "reason", "views",
@@ -262,7 +263,7 @@ def _register_one(job: dict) -> dict:
 def _registration_qc(images: dict[str, ViewImage], nodule: NoduleRegistration,
                      warnings: list[str]) -> dict:
     row = {"views": "+".join(v for v in VIEWS if v in images), "rounds": nodule.rounds,
-           "converged": int(nodule.converged),
+           "converged": int(nodule.converged), "depth_gap_mm": nodule.depth_gap_mm,
            "pixel_spacing_assumed": int(any(i.spacing_mm is None for i in images.values()))}
     for view, registration in nodule.views.items():
         image = images[view]
@@ -286,6 +287,8 @@ def _registration_qc(images: dict[str, ViewImage], nodule: NoduleRegistration,
         warnings.append(f"{row['views']} view only: {nodule.prior_axis} from the prior")
     if not nodule.converged:
         warnings.append(f"views did not agree within {nodule.rounds} rounds")
+    if nodule.depth_gap_mm > MAX_DEPTH_GAP_MM:
+        warnings.append(f"the views disagree on depth by {nodule.depth_gap_mm:.1f} mm")
     if row["pixel_spacing_assumed"]:
         warnings.append("pixel spacing missing: assumed, scale left to the registration")
     row["centre_mm"] = nodule.centre_mm
@@ -337,7 +340,8 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
                   mask.astype(np.float16) if settings.heatmaps else None,
                   grid_signature(atlas))
     centre = atlas.voxel_to_world(np.stack([i, j, k], 1).mean(axis=0))[0]
-    row = {"views": "coarse", "rounds": 0, "converged": 1, "pixel_spacing_assumed": 0,
+    row = {"views": "coarse", "rounds": 0, "converged": 1, "depth_gap_mm": 0.0,
+           "pixel_spacing_assumed": 0,
            "centre_mm": centre,
            "reason": f"no {what}: placed by the manifest's coarse location ({third} third, "
                      f"{_DEPTH[depth]})"}

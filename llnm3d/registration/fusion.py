@@ -12,8 +12,10 @@ transverse view gives a value for every (x, y), the same for all z; the longitud
 for every (z, y), the same for all x. The fused heatmap is their geometric mean restricted to the
 gland, ``sqrt(H_t(x, y) * H_l(z, y))`` where the capsule distance is negative, so a voxel is
 salient only when both views agree. The fused nodule is the intersection of the two
-back-projected nodule masks (the nodule's visual hull from two orthogonal views). Values below
-``min_weight`` are dropped so patches stay sparse.
+back-projected nodule masks (the nodule's visual hull from two orthogonal views). Both views see
+the nodule's depth (y); before fusing, each view's back-projection is moved along y by half
+their disagreement so that both put the nodule at the fused centre's depth (the disagreement is
+reported in the QC table). Values below ``min_weight`` are dropped so patches stay sparse.
 
 With one view the missing axis is spread by a prior: a Gaussian centred on the lobe's centre
 along that axis with a standard deviation of a quarter of the lobe's extent (over the gland
@@ -89,6 +91,9 @@ class NoduleRegistration:
         Both levels moved less than the tolerance in the last round.
     prior_axis : str or None
         The axis spread by the prior when a view is missing ("z" or "x").
+    depth_mm : dict of str -> float
+        Each view's own estimate of the nodule centre's y (front-back); both views see it, and
+        the fused centre takes their mean.
     """
 
     views: dict[str, ViewRegistration]
@@ -96,6 +101,13 @@ class NoduleRegistration:
     rounds: int
     converged: bool
     prior_axis: str | None = None
+    depth_mm: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def depth_gap_mm(self) -> float:
+        """How far apart the two views put the nodule front-to-back (0 with one view)."""
+        values = list(self.depth_mm.values())
+        return float(max(values) - min(values)) if values else 0.0
 
 
 def _centre_in_view(image: ViewImage, registration: ViewRegistration) -> np.ndarray:
@@ -122,7 +134,8 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
         centre = _centre_in_view(image, registration)
         centre[_AXIS[image.view]] = level
         return NoduleRegistration({image.view: registration}, centre, 1, True,
-                                  prior_axis="z" if image.view == "transverse" else "x")
+                                  prior_axis="z" if image.view == "transverse" else "x",
+                                  depth_mm={image.view: float(centre[1])})
 
     step = max(step_mm or WORKING_STEP_MM, atlas.spacing_mm)
     x_level, z_level = lobe_centre[0], lobe_centre[2]
@@ -142,7 +155,8 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
         x_level, z_level = centre_t[0], centre_l[2]
     centre = np.array([centre_t[0], (centre_t[1] + centre_l[1]) / 2, centre_l[2]])
     return NoduleRegistration({"transverse": reg_t, "longitudinal": reg_l}, centre, rounds,
-                              converged)
+                              converged, depth_mm={"transverse": float(centre_t[1]),
+                                                   "longitudinal": float(centre_l[1])})
 
 
 def _grid_axes(atlas: Atlas) -> list[np.ndarray]:
@@ -153,10 +167,12 @@ def _grid_axes(atlas: Atlas) -> list[np.ndarray]:
 
 
 def _back_project(image: ViewImage, registration: ViewRegistration, axes: list[np.ndarray],
-                  values: np.ndarray) -> np.ndarray:
+                  values: np.ndarray, shift_y_mm: float = 0.0) -> np.ndarray:
     """Sample an image-grid array at every (x, y) (transverse) or (z, y) (longitudinal) of the
-    atlas grid: shape (ny, nx) or (nz, ny); zero outside the field of view."""
+    atlas grid: shape (ny, nx) or (nz, ny); zero outside the field of view. The view's map is
+    moved ``shift_y_mm`` along y."""
     x, y, z = axes
+    y = y - shift_y_mm
     if image.view == "transverse":
         a, b = np.meshgrid(y, x, indexing="ij")
         points = np.stack([b.ravel(), a.ravel(), np.full(a.size, registration.level_mm)], 1)
@@ -191,9 +207,11 @@ def fuse_views(images: dict[str, ViewImage], nodule: NoduleRegistration, atlas: 
     masks, heats = {}, {}
     for view, registration in nodule.views.items():
         image = images[view]
-        masks[view] = _back_project(image, registration, axes, image.nodule_mask) >= 0.5
+        # Both views are moved to the fused centre's depth, so their nodules meet.
+        shift = nodule.centre_mm[1] - nodule.depth_mm.get(view, nodule.centre_mm[1])
+        masks[view] = _back_project(image, registration, axes, image.nodule_mask, shift) >= 0.5
         if image.heatmap is not None:
-            heats[view] = _back_project(image, registration, axes, image.heatmap)
+            heats[view] = _back_project(image, registration, axes, image.heatmap, shift)
     if nodule.prior_axis is not None:
         _add_prior(images, nodule, atlas, side, axes, masks, heats)
     gland = atlas.capsule_distance < 0

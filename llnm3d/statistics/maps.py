@@ -1,0 +1,465 @@
+"""``llnm3d aggregate``: registered nodules -> 3D risk maps, voxelwise tests and tables.
+
+Output folder::
+
+    <map>.nii.gz          volumes in atlas space (names and meaning in :data:`MAP_DESCRIPTIONS`)
+    regions.csv           risk per region (lobe x third, isthmus), whole and front/back halves
+    capsule_distance.csv  risk per nodule-edge capsule-distance bin
+    summary.json          inputs, parameters, seed, counts, exclusions, software versions
+    accumulators.npz      the voxelwise sums (resume, ``--update``)
+    permutations/         max-statistic blocks (resume)
+
+Probability at a voxel: with weights ``w`` (heatmap or nodule occupancy) of the nodules touching
+it, the weighted proportion ``sum(w y) / sum(w)`` on Kish's effective number of nodules
+``n_eff = sum(w)^2 / sum(w^2)`` is shrunk towards the cohort prevalence ``pi0`` by a Beta
+prior worth ``prior_strength`` nodules: ``(n_eff * p + a * pi0) / (n_eff + a)``; the 95 %
+interval is Jeffreys' on the effective counts. Voxels touched by fewer than ``min_cases``
+nodules are masked (NaN) in every probability and test map.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import __version__
+from ..atlas import Atlas
+from ..io import (
+    InputError,
+    atomic_path,
+    ensure_writable_dir,
+    read_json,
+    read_volume,
+    safe_name,
+    write_json,
+    write_volume,
+)
+from ..parallel import map_cases
+from ..registration import Registered, load_registered
+from ..registration.fusion import grid_signature
+from .accumulate import (
+    Accumulator,
+    NoduleInput,
+    accumulate_block,
+    analysis_domain,
+    domain_lookup,
+    patch_weights,
+)
+from .inference import OLSDesign, fdr_bh, fwer_p_values, jeffreys_interval, proportion_chi2
+from .tables import DEFAULT_BINS_MM, capsule_distance_table, region_table
+
+FORMAT = "llnm3d-stats/1"
+BLOCK_SIZE = 256
+COVARIATES = {"age": "age", "sex": "sex", "size": "diameter_mm"}
+MAP_DESCRIPTIONS = {
+    "n_nodules": "nodules touching the voxel (weight > 0)",
+    "sum_weight": "summed weight of those nodules",
+    "effective_n": "Kish effective number of nodules, sum(w)^2 / sum(w^2)",
+    "proportion": "weighted LLNM proportion sum(w y) / sum(w)",
+    "probability": "LLNM probability, shrunk towards the cohort prevalence",
+    "probability_ci_low": "95 % Jeffreys interval, lower bound",
+    "probability_ci_high": "95 % Jeffreys interval, upper bound",
+    "mean_model_probability": "weighted mean LLNM-Net probability",
+    "mean_saliency": "mean fused heatmap value of the nodules touching the voxel",
+    "chi2": "Pearson chi-square, touched/not x LLNM/not",
+    "chi2_p": "its uncorrected p",
+    "t": "OLS t of the outcome's effect on the weight (nilearn permuted_ols convention)",
+    "t_p": "two-sided uncorrected p of t",
+    "t_q_fdr": "Benjamini-Hochberg q of t_p",
+    "t_p_fwer": "family-wise corrected p (max-|t| permutations)",
+}
+
+
+@dataclass
+class Stats:
+    """The result of :func:`aggregate`: volumes, tables and metadata.
+
+    Attributes
+    ----------
+    volumes : dict of str -> ndarray of float32, shape (nz, ny, nx)
+        Maps of :data:`MAP_DESCRIPTIONS` on the atlas grid (NaN where masked or untested).
+    origin_mm : ndarray, shape (3,)
+    spacing_mm : float
+    regions, capsule_distance : pandas.DataFrame
+    summary : dict
+    """
+
+    volumes: dict[str, np.ndarray]
+    origin_mm: np.ndarray
+    spacing_mm: float
+    regions: pd.DataFrame
+    capsule_distance: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+    def value_at(self, name: str, points_mm: np.ndarray) -> np.ndarray:
+        """Value of map ``name`` at the voxel nearest each atlas point (mm), shape (N,); NaN
+        off the grid."""
+        volume = self.volumes[name]
+        ijk = np.rint((np.atleast_2d(points_mm) - self.origin_mm) / self.spacing_mm).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < np.array(volume.shape[::-1])), axis=1)
+        out = np.full(len(ijk), np.nan)
+        i, j, k = ijk[inside].T
+        out[inside] = volume[k, j, i]
+        return out
+
+    def probability_at(self, points_mm: np.ndarray) -> pd.DataFrame:
+        """LLNM probability with its 95 % interval and coverage at atlas points (mm)."""
+        return pd.DataFrame({name: self.value_at(name, points_mm) for name in (
+            "probability", "probability_ci_low", "probability_ci_high", "n_nodules")})
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the volumes (NIfTI), tables (CSV) and summary.json into ``out_dir``."""
+        out_dir = ensure_writable_dir(out_dir)
+        for name, volume in self.volumes.items():
+            write_volume(out_dir / f"{name}.nii.gz", volume, self.origin_mm, self.spacing_mm)
+        for name, table in (("regions", self.regions),
+                            ("capsule_distance", self.capsule_distance)):
+            with atomic_path(out_dir / f"{name}.csv") as tmp:
+                table.to_csv(tmp, index=False)
+        write_json(out_dir / "summary.json", self.summary)
+        return out_dir
+
+
+def load_stats(stats_dir: str | Path) -> Stats:
+    """Read a folder written by :func:`aggregate` (or :meth:`Stats.save`)."""
+    stats_dir = Path(stats_dir)
+    if not (stats_dir / "summary.json").is_file():
+        raise InputError(f"{stats_dir}: no summary.json; not an `llnm3d aggregate` folder")
+    summary = read_json(stats_dir / "summary.json")
+    volumes, origin, spacing = {}, None, None
+    for name in summary.get("maps", []):
+        path = stats_dir / f"{name}.nii.gz"
+        if not path.is_file():
+            raise InputError(f"{stats_dir}: map {name}.nii.gz is missing")
+        volumes[name], origin, spacing = read_volume(path)
+    tables = {}
+    for name in ("regions", "capsule_distance"):
+        path = stats_dir / f"{name}.csv"
+        if not path.is_file():
+            raise InputError(f"{stats_dir}: {name}.csv is missing")
+        tables[name] = pd.read_csv(path)
+    return Stats(volumes, np.asarray(origin), float(spacing), tables["regions"],
+                 tables["capsule_distance"], summary)
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(weight: str, lookup: np.ndarray, n_domain: int) -> None:
+    _WORKER.update(weight=weight, lookup=lookup, n_domain=n_domain)
+
+
+def _block_job(job: tuple[int, list[NoduleInput]]) -> tuple[str, Accumulator | str]:
+    index, nodules = job
+    try:
+        return f"block {index}", accumulate_block(nodules, _WORKER["weight"], _WORKER["lookup"],
+                                                  _WORKER["n_domain"])
+    except Exception as exc:  # reported with the block's first nodule; the run stops
+        return f"block {index} ({nodules[0].key}...)", f"{type(exc).__name__}: {exc}"
+
+
+def _select_nodules(registered: list[Registered], weight: str, covariates: list[str],
+                    atlas: Atlas) -> tuple[pd.DataFrame, dict]:
+    """The QC rows of the nodules that enter the statistics, and the exclusion counts."""
+    signature = grid_signature(atlas)
+    tables = []
+    for result in registered:
+        if result.out_dir is None:
+            raise InputError("aggregate needs registrations saved to a folder")
+        record = read_json(result.out_dir / "register.json")
+        grid = record.get("parameters", {}).get("atlas")
+        if grid != signature:
+            raise InputError(f"{result.out_dir}: registered on another atlas grid ({grid}) than "
+                             f"the one given ({signature}); aggregate with that atlas")
+        if weight == "heatmap" and not record["parameters"].get("heatmaps", False):
+            raise InputError(f"{result.out_dir}: registered without heatmaps; use --weight mask "
+                             "or register with --heatmaps")
+        tables.append(result.qc.assign(patch_path=[
+            result.out_dir / "patches" / f"{safe_name(key)}.npz" for key in result.qc["nodule"]]))
+    qc = pd.concat(tables, ignore_index=True)
+    duplicated = qc["nodule"].duplicated(keep="last")
+    excluded = {"registration failed": int((qc["status"] == "failed").sum()),
+                "duplicate nodule (later registration kept)": int(duplicated.sum())}
+    qc = qc[(qc["status"] != "failed") & ~duplicated]
+    missing = qc["label"].isna()
+    excluded["missing outcome"] = int(missing.sum())
+    qc = qc[~missing]
+    for name in covariates:
+        column = COVARIATES[name]
+        values = qc[column].replace("", np.nan)
+        gone = values.isna()
+        excluded[f"missing covariate {name}"] = int(gone.sum())
+        qc = qc[~gone]
+    return qc.sort_values("nodule").reset_index(drop=True), excluded
+
+
+def _covariate_matrix(nodules: pd.DataFrame, covariates: list[str]) -> np.ndarray | None:
+    if not covariates:
+        return None
+    columns = []
+    for name in covariates:
+        values = nodules[COVARIATES[name]]
+        columns.append((values == "M").astype(float) if name == "sex" else values.astype(float))
+    return np.stack(columns, axis=1)
+
+
+def _resume_state(out_dir: Path, params: dict) -> tuple[Accumulator | None, bool]:
+    """The saved accumulator of ``out_dir`` (None if none) and whether that run finished."""
+    path = out_dir / "accumulators.npz"
+    if not path.exists():
+        return None, False
+    state, saved = Accumulator.load(path)
+    if saved.get("parameters") != params:
+        raise InputError(f"{out_dir} holds statistics made with other parameters (weight, "
+                         "atlas, min-cases, permutations, covariates, seed, prior); use a new "
+                         "folder")
+    return state, bool(saved.get("complete"))
+
+
+def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None = None,
+              weight: str = "heatmap", min_cases: int = 10, permutations: int = 1000,
+              covariates: list[str] | tuple[str, ...] = (), seed: int = 0,
+              prior_strength: float = 2.0, bins_mm=DEFAULT_BINS_MM, update: bool = False,
+              workers: int | None = None, scheduler: str | None = None,
+              device: str | None = None, progress: bool = True) -> Stats:
+    """Voxelwise LLNM statistics of registered nodules.
+
+    Parameters
+    ----------
+    registered : path, Registered, or a list of them
+        Output(s) of ``llnm3d register`` (several folders pool their nodules).
+    atlas : Atlas, optional
+        The atlas the nodules were registered on (default: :meth:`Atlas.default`).
+    out_dir : path, optional
+        Output folder (layout in the module docstring); resumable. Required with ``update``.
+    weight : {"heatmap", "mask"}
+        A nodule's weight at a voxel: its fused heatmap or its fused nodule occupancy.
+    min_cases : int
+        Voxels touched by fewer nodules are masked and not tested.
+    permutations : int
+        Max-statistic permutations for family-wise p (0: none).
+    covariates : subset of {"age", "sex", "size"}
+        Confounds of the OLS test (Freedman-Lane permutations).
+    seed : int
+        Seed of the permutations (recorded).
+    prior_strength : float
+        Strength, in nodules, of the Beta prior centred on the cohort prevalence.
+    bins_mm : sequence of float
+        Capsule-distance bin edges (mm) of capsule_distance.csv.
+    update : bool
+        Add the registered nodules not yet in ``out_dir``'s result to it.
+    workers, scheduler
+        Parallelism of the accumulation (see :func:`llnm3d.parallel.map_cases`); the result
+        does not depend on them.
+    device : str, optional
+        torch device of the permutations (default: CUDA when available).
+    """
+    if weight not in ("heatmap", "mask"):
+        raise InputError(f"unknown weight {weight!r}: heatmap or mask")
+    unknown = sorted(set(covariates) - set(COVARIATES))
+    if unknown:
+        raise InputError(f"unknown covariate(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(COVARIATES)}")
+    if min_cases < 1 or permutations < 0:
+        raise InputError("min-cases must be at least 1 and permutations not negative")
+    if update and out_dir is None:
+        raise InputError("--update needs the output folder of an earlier aggregate")
+    covariates = list(covariates)
+    atlas = atlas or Atlas.default()
+    sources = registered if isinstance(registered, (list, tuple)) else [registered]
+    sources = [r if isinstance(r, Registered) else load_registered(r) for r in sources]
+    nodules, excluded = _select_nodules(sources, weight, covariates, atlas)
+
+    params = {"weight": weight, "atlas": grid_signature(atlas), "min_cases": min_cases,
+              "permutations": permutations, "covariates": covariates, "seed": seed,
+              "prior_strength": prior_strength}
+    domain = analysis_domain(atlas)
+    lookup = domain_lookup(atlas, domain)
+    state, complete = None, False
+    if out_dir is not None:
+        out_dir = ensure_writable_dir(out_dir)
+        state, complete = _resume_state(out_dir, params)
+    state = state or Accumulator.zeros(len(domain))
+    new = int((~nodules["nodule"].isin(state.seen)).sum())
+    if complete and new and not update:
+        raise InputError(f"{out_dir} holds a finished result without {new} of these nodules; "
+                         "pass --update to add them, or use a new folder")
+    if complete and new and out_dir is not None:
+        # Earlier permutations were of other data.
+        for path in (out_dir / "permutations").glob("block-*.npy"):
+            path.unlink()
+    state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params, workers,
+                        scheduler, progress)
+    excluded["empty patch"] = int(nodules["nodule"].isin(state.empty_nodules).sum())
+    included = nodules.set_index("nodule").loc[state.nodules].reset_index()
+    if len(included) == 0:
+        raise InputError("no nodule left to aggregate (see the exclusions: "
+                         f"{ {k: v for k, v in excluded.items() if v} })")
+
+    volumes = _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength)
+    tested = np.flatnonzero(state.sums["n"] >= min_cases)
+    notes = _test_maps(volumes, state, included, domain, tested, lookup, weight, covariates,
+                       permutations, seed, device, out_dir, atlas, progress)
+    stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
+                  region_table(included, atlas), capsule_distance_table(included, bins_mm))
+    stats.summary = _summary(stats, params, included, excluded, state, tested, notes, sources,
+                             bins_mm)
+    if out_dir is not None:
+        stats.save(out_dir)
+        state.save(out_dir / "accumulators.npz", {"parameters": params, "complete": True})
+    return stats
+
+
+def _accumulate(nodules, state, weight, lookup, n_domain, out_dir, params, workers, scheduler,
+                progress) -> Accumulator:
+    """Add the nodules not yet in ``state`` in fixed blocks (sorted keys), saving the state
+    after each round of blocks so a killed run resumes."""
+    todo = nodules[~nodules["nodule"].isin(state.seen)]
+    inputs = [NoduleInput(row["nodule"], Path(row["patch_path"]), int(row["label"]),
+                          None if pd.isna(row["probability"]) else float(row["probability"]))
+              for _, row in todo.iterrows()]
+    blocks = [inputs[start:start + BLOCK_SIZE] for start in range(0, len(inputs), BLOCK_SIZE)]
+    per_round = max(8, 2 * (workers or 2))
+    for start in range(0, len(blocks), per_round):
+        jobs = list(enumerate(blocks[start:start + per_round], start=start))
+        results, failures = map_cases(_block_job, jobs, workers, progress and len(blocks) > 1,
+                                      desc="aggregate", unit="block", initializer=_init_worker,
+                                      initargs=(weight, lookup, n_domain), chunksize=1,
+                                      scheduler=scheduler)
+        if failures:
+            key, reason = failures[0]
+            raise InputError(f"cannot read the patches of {key}: {reason}")
+        for block in results:
+            state.merge(block)
+        if out_dir is not None:
+            state.save(out_dir / "accumulators.npz", {"parameters": params, "complete": False})
+    return state
+
+
+def _to_volume(values: np.ndarray, domain: np.ndarray, shape) -> np.ndarray:
+    volume = np.full(int(np.prod(shape)), np.nan, np.float32)
+    volume[domain] = values
+    return volume.reshape(shape)
+
+
+def _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength) -> dict:
+    sums = state.sums
+    shape = atlas.labels.shape
+    enough = sums["n"] >= min_cases
+    prevalence = float(included["label"].mean())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        proportion = sums["sum_wy"] / sums["sum_w"]
+        effective_n = sums["sum_w"] ** 2 / sums["sum_w2"]
+        events = proportion * effective_n
+        probability = (events + prior_strength * prevalence) / (effective_n + prior_strength)
+        low, high = jeffreys_interval(np.nan_to_num(events), np.nan_to_num(effective_n))
+        model = sums["sum_wp"] / sums["sum_w_p"]
+        saliency = sums["sum_h"] / sums["n"]
+    masked = {name: np.where(enough, values, np.nan) for name, values in (
+        ("proportion", proportion), ("probability", probability), ("probability_ci_low", low),
+        ("probability_ci_high", high), ("mean_model_probability", model),
+        ("mean_saliency", saliency))}
+    volumes = {"n_nodules": _to_volume(sums["n"], domain, shape),
+               "sum_weight": _to_volume(sums["sum_w"], domain, shape),
+               "effective_n": _to_volume(np.nan_to_num(effective_n), domain, shape)}
+    volumes.update({name: _to_volume(values, domain, shape) for name, values in masked.items()})
+    return volumes
+
+
+def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray,
+                  n_domain: int, weight: str, progress: bool = False) -> sp.csr_matrix:
+    """Sparse (tested voxels x nodules) matrix of the nodules' weights."""
+    position = np.full(n_domain, -1, np.int64)
+    position[tested] = np.arange(len(tested))
+    rows, cols, values = [], [], []
+    for index, path in enumerate(included["patch_path"]):
+        columns, w, _, _ = patch_weights(Path(path), weight, lookup)
+        keep = position[columns] >= 0
+        rows.append(position[columns[keep]])
+        cols.append(np.full(keep.sum(), index))
+        values.append(w[keep])
+    matrix = sp.coo_matrix((np.concatenate(values), (np.concatenate(rows),
+                                                     np.concatenate(cols))),
+                           shape=(len(tested), len(included)))
+    return matrix.tocsr()
+
+
+def _test_maps(volumes, state, included, domain, tested, lookup, weight, covariates,
+               permutations, seed, device, out_dir, atlas, progress) -> list[str]:
+    """Add the chi-square and OLS maps; return notes on what could not be tested."""
+    shape = atlas.labels.shape
+    y = included["label"].to_numpy(float)
+    names = ("chi2", "chi2_p", "t", "t_p", "t_q_fdr", "t_p_fwer")
+    notes = []
+    if y.min() == y.max():
+        notes.append(f"every included nodule has outcome {int(y[0])}: no association test")
+    if not len(tested):
+        notes.append("no voxel reaches min-cases: no association test")
+    if notes:
+        volumes.update({name: _to_volume(np.full(len(domain), np.nan), domain, shape)
+                        for name in names})
+        return notes
+    n_touch, events_touch = state.sums["n"][tested], state.sums["events"][tested]
+    chi2, chi2_p = proportion_chi2(n_touch, events_touch, len(y), int(y.sum()))
+    matrix = weight_matrix(included, tested, lookup, len(domain), weight, progress)
+    design = OLSDesign(matrix, y, _covariate_matrix(included, covariates))
+    t = design.t_scores()
+    p = design.p_values(t)
+    maxima = _permutations(design, permutations, seed, device, out_dir, progress)
+    fwer = fwer_p_values(t, maxima) if len(maxima) else np.full(len(t), np.nan)
+    for name, values in zip(names, (chi2, chi2_p, t, p, fdr_bh(p), fwer)):
+        full = np.full(len(domain), np.nan)
+        full[tested] = values
+        volumes[name] = _to_volume(full, domain, shape)
+    return notes
+
+
+def _permutations(design, permutations, seed, device, out_dir, progress) -> np.ndarray:
+    done, save = {}, None
+    if out_dir is not None:
+        folder = out_dir / "permutations"
+        folder.mkdir(exist_ok=True)
+        for path in folder.glob("block-*.npy"):
+            done[int(path.stem.split("-")[1])] = np.load(path)
+
+        def save(block, maxima):
+            with atomic_path(folder / f"block-{block:05d}.npy") as tmp:
+                np.save(tmp, maxima)
+    return design.permutation_maxima(permutations, seed, device, progress, done, save)
+
+
+def _summary(stats, params, included, excluded, state, tested, notes, sources, bins_mm) -> dict:
+    import scipy
+    import SimpleITK
+    import torch
+
+    probability = stats.volumes["probability"]
+    return {
+        "format": FORMAT,
+        "inputs": [str(s.out_dir) for s in sources],
+        "parameters": {**params, "capsule_distance_bins_mm": [
+            float(b) if np.isfinite(b) else "inf" for b in bins_mm]},
+        "nodules": int(len(included)),
+        "events": int(included["label"].sum()),
+        "prevalence": float(included["label"].mean()),
+        "excluded": excluded,
+        "voxels": {"domain": int(len(state.sums["n"])), "tested": int(len(tested)),
+                   "probability_range": [float(np.nanmin(probability)),
+                                         float(np.nanmax(probability))]
+                   if np.isfinite(probability).any() else None},
+        "weight_outside_domain": state.outside_weight,
+        "notes": notes,
+        "maps": list(stats.volumes),
+        "map_descriptions": {k: MAP_DESCRIPTIONS[k] for k in stats.volumes},
+        "software": {"llnm3d": __version__, "python": platform.python_version(),
+                     "numpy": np.__version__, "scipy": scipy.__version__,
+                     "pandas": pd.__version__, "torch": torch.__version__,
+                     "SimpleITK": SimpleITK.Version.VersionString()},
+    }
