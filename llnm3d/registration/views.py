@@ -285,12 +285,23 @@ def _initial_transform(image_sdf: np.ndarray, image: ViewImage, section: Section
     return best[1], best[2]
 
 
-def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
-              shrink: list[int], iterations: int, rate_mm: float
-              ) -> tuple[sitk.Transform, float, int]:
+def _method() -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMeanSquares()
     method.SetInterpolator(sitk.sitkLinear)
+    return method
+
+
+def _metric_value(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    method = _method()
+    method.SetInitialTransform(transform, inPlace=False)
+    return float(method.MetricEvaluate(fixed, moving))
+
+
+def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+              shrink: list[int], iterations: int, rate_mm: float
+              ) -> tuple[sitk.Transform, float, int]:
+    method = _method()
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=rate_mm, minStep=0.005, numberOfIterations=iterations, relaxationFactor=0.5,
         gradientMagnitudeTolerance=1e-6)
@@ -375,7 +386,16 @@ def register_view(image: ViewImage, atlas: Atlas, level_mm: float, side: int | s
     shrink = [2, 1] if initial is None and step <= 1.0 else [1]
     # A warm start is already close: smaller first steps save iterations.
     rate = 1.0 if initial is None else 0.3
-    result, metric, n_iter = _optimise(fixed, moving, similarity, shrink, iterations, rate)
+    start_metric = _metric_value(fixed, moving, similarity)
+    for attempt_rate in (rate, rate / 4):
+        result, metric, n_iter = _optimise(fixed, moving, sitk.Similarity2DTransform(similarity),
+                                           shrink, iterations, attempt_rate)
+        # A step too far can shrink the image onto a point of the section; such a result is
+        # worse than where it started, or far from the start's scale.
+        if metric <= start_metric and 2 / 3 < result.GetScale() / scale < 3 / 2:
+            break
+    else:
+        result, metric, n_iter = similarity, start_metric, 0
     if transform == "affine":
         affine = sitk.AffineTransform(2)
         affine.SetCenter(centre.tolist())
