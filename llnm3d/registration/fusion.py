@@ -40,6 +40,8 @@ PRIOR_SIGMA_FRACTION = 0.25
 # the same centre errors within 0.02 mm (the deformation a similarity cannot follow dominates);
 # refining at 0.5 mm costs 1.7x the time.
 WORKING_STEP_MM = 1.5
+# A view moved to a section further than this from the last one is registered afresh.
+WARM_START_MM = 3.0
 
 
 @dataclass
@@ -144,11 +146,9 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
     rounds = 0
     while rounds < max_rounds and not converged:
         rounds += 1
-        reg_l = register_view(longitudinal, atlas, x_level, part, initial=reg_l,
-                              transform=transform, step_mm=step)
+        reg_l = _register_near(longitudinal, atlas, x_level, part, reg_l, transform, step)
         centre_l = _centre_in_view(longitudinal, reg_l)
-        reg_t = register_view(transverse, atlas, centre_l[2], part, initial=reg_t,
-                              transform=transform, step_mm=step)
+        reg_t = _register_near(transverse, atlas, centre_l[2], part, reg_t, transform, step)
         centre_t = _centre_in_view(transverse, reg_t)
         converged = (rounds > 1 and abs(centre_l[2] - z_level) < tolerance_mm
                      and abs(centre_t[0] - x_level) < tolerance_mm)
@@ -157,6 +157,17 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
     return NoduleRegistration({"transverse": reg_t, "longitudinal": reg_l}, centre, rounds,
                               converged, depth_mm={"transverse": float(centre_t[1]),
                                                    "longitudinal": float(centre_l[1])})
+
+
+def _register_near(image: ViewImage, atlas: Atlas, level_mm: float, part: int,
+                   previous: ViewRegistration | None, transform: str, step_mm: float
+                   ) -> ViewRegistration:
+    """Register a view at ``level_mm``, from its registration at the previous level when
+    that is near, and from a fresh exhaustive search otherwise (a section far away can differ
+    in shape enough to mislead a warm start)."""
+    near = previous is not None and abs(previous.level_mm - level_mm) <= WARM_START_MM
+    return register_view(image, atlas, level_mm, part, initial=previous if near else None,
+                         transform=transform, step_mm=step_mm)
 
 
 def _grid_axes(atlas: Atlas) -> list[np.ndarray]:
