@@ -118,13 +118,24 @@ def main() -> None:
     parser.add_argument("--other", type=Path)
     parser.add_argument("--extra", type=Path, nargs="*", default=[])
     parser.add_argument("--permutations", type=int, default=1000)
+    parser.add_argument("--parts", default="recovery,permutations,throughput",
+                        help="comma-separated subset of the three parts to run")
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
     if args.child:
         _child(args.child[0], args.child[1], args.permutations)
         return
     atlas = Atlas.default()
+    parts = set(args.parts.split(","))
+    if "recovery" in parts:
+        _print_recovery(args, atlas)
+    if "permutations" in parts:
+        _print_permutations(args, atlas)
+    if "throughput" in parts:
+        _print_throughput(args, atlas)
 
+
+def _print_recovery(args, atlas) -> None:
     print("\n| cohort | weight | nodules | voxels >= min-cases | Pearson r, recovered vs "
           "planted |\n|---|---|---|---|---|")
     bins_rows = []
@@ -136,6 +147,8 @@ def main() -> None:
           "planted inside CI |\n|---|---|---|---|---|---|")
     print("\n".join(bins_rows))
 
+
+def _print_permutations(args, atlas) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/problem.npz"
         matrix = _permutation_problem([args.default, args.other, *args.extra], atlas, 4000,
@@ -157,6 +170,8 @@ def main() -> None:
         seconds, rss = results[method]
         print(f"| {label} | {seconds:.1f} s | {base / seconds:.1f}x | {rss / 1024:.2f} GB |")
 
+
+def _print_throughput(args, atlas) -> None:
     registered = load_registered(args.default / "registered")
     n = int((registered.qc["status"] != "failed").sum())
     runs = []

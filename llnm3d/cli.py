@@ -338,7 +338,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Run the chain on bundled defaults: atlas, phantom cohort, heatmaps (bundled LLNM-Net),
-    registration (aggregation and the site join as they are built)."""
+    registration, aggregation (the site joins when it is built)."""
     from .demo import run_demo
 
     with _input_errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from .atlas import Atlas
@@ -11,9 +12,10 @@ from .heatmap import compute_heatmaps
 from .io import ensure_writable_dir, write_json
 from .manifest import read_manifest
 from .phantom import make_phantom
-from .phantom.truth import registration_errors
+from .phantom.truth import planted_risk_map, registration_errors
 from .qc import contact_sheet
 from .registration import register
+from .statistics import aggregate
 
 
 def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
@@ -22,9 +24,10 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
 
     Writes ``atlas/``, ``phantom/`` (with ``contact_sheet.png``), ``heatmaps/`` (bundled
     LLNM-Net predictions and GradCAM++ heatmaps), ``registered/`` (one 3D patch per nodule and
-    the QC table) and ``summary.json`` (with the registration error against the phantom's
-    truth, which only this summary reads). Idempotent: a second run with the same arguments
-    reuses what is complete.
+    the QC table), ``stats/`` (probability maps, tests, region and capsule-distance tables) and
+    ``summary.json`` (with the registration error and the map's correlation with the planted
+    risk, from the phantom's truth, which only this summary reads). Idempotent: a second run
+    with the same arguments reuses what is complete.
     """
     out_dir = ensure_writable_dir(out_dir)
     atlas = Atlas.default()
@@ -40,6 +43,12 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
     registered = register(manifest_path, heatmaps=out_dir / "heatmaps", atlas=atlas,
                           out_dir=out_dir / "registered", progress=progress)
     errors = registration_errors(registered.qc, cohort.out_dir, atlas)["error_mm"]
+    stats = aggregate(registered, atlas=atlas, out_dir=out_dir / "stats", progress=progress)
+    planted = planted_risk_map(stats, registered, cohort.out_dir, atlas)
+    recovered = stats.volumes["probability"]
+    both = np.isfinite(planted) & np.isfinite(recovered)
+    regions = stats.regions.query("half == 'whole' and nodules >= 10").sort_values(
+        "risk", ascending=False)
     per_nodule = scored.groupby(["patient_id", "nodule_id"]).agg(
         probability=("probability", "mean"), label=("label", "first"))
     summary = {
@@ -60,6 +69,14 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
         "registration_status": registered.qc["status"].value_counts().to_dict(),
         "registration_centre_error_mm": {"median": round(float(errors.median()), 2),
                                          "p95": round(float(errors.quantile(0.95)), 2)},
+        "stats": str(out_dir / "stats"),
+        "voxels_with_min_cases": stats.summary["voxels"]["tested"],
+        "map_vs_planted_risk_pearson_r": (round(float(np.corrcoef(planted[both],
+                                                                   recovered[both])[0, 1]), 3)
+                                          if both.sum() > 2 else None),
+        "top_regions": [{"region": row["region"], "nodules": int(row["nodules"]),
+                         "risk": round(float(row["risk"]), 3)}
+                        for _, row in regions.head(3).iterrows()],
         "seed": seed,
     }
     write_json(out_dir / "summary.json", summary)

@@ -184,7 +184,7 @@ class OLSDesign:
         density = weights.nnz / max(1, weights.shape[0] * weights.shape[1])
         if density > DENSE_ABOVE_DENSITY and weights.shape[0] * weights.shape[1] * 4 <= (
                 DENSE_BUDGET_BYTES):
-            return torch.as_tensor(weights.toarray(), dtype=DTYPE, device=device)
+            return torch.as_tensor(weights.astype(np.float32).toarray(), device=device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             return torch.sparse_csr_tensor(
