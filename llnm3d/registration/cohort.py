@@ -54,6 +54,7 @@ QC_COLUMNS = [
     "nodule", "patient_id", "nodule_id", "side", "status", "reason", "views", "label",
     "probability", "age", "sex", "diameter_mm", "centre_x_mm", "centre_y_mm", "centre_z_mm",
     "region", "region_name", "centre_capsule_distance_mm", "capsule_distance_mm",
+    "atlas_diameter_mm",
     "patch_voxels", "rounds", "converged", "depth_gap_mm", "pixel_spacing_assumed",
     *[f"{view}_{item}" for view in VIEWS for item in VIEW_QC],
 ]
@@ -307,9 +308,11 @@ def _location_qc(patch: Patch, row: dict, atlas: Atlas, warnings: list[str]) -> 
         warnings.append(f"centre {centre_distance:.1f} mm outside the gland")
     mask_distance = atlas.capsule_distance[patch.slices][patch.mask]
     edge = float(max(0.0, -mask_distance.max())) if mask_distance.size else np.nan
+    volume_mm3 = float(patch.mask.sum()) * atlas.spacing_mm**3
     return {"centre_x_mm": centre[0], "centre_y_mm": centre[1], "centre_z_mm": centre[2],
             "region": region, "region_name": REGION_NAMES.get(region, "outside"),
             "centre_capsule_distance_mm": -centre_distance, "capsule_distance_mm": edge,
+            "atlas_diameter_mm": (6 * volume_mm3 / np.pi) ** (1 / 3),
             "patch_voxels": int(patch.mask.size)}
 
 
