@@ -306,7 +306,7 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
     volumes = _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength)
     tested = np.flatnonzero(state.sums["n"] >= min_cases)
     notes = _test_maps(volumes, state, included, domain, tested, lookup, weight, covariates,
-                       permutations, seed, device, out_dir, atlas, progress)
+                       permutations, seed, device, out_dir, atlas, progress, workers, scheduler)
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
                   region_table(included, atlas), capsule_distance_table(included, bins_mm))
     stats.summary = _summary(stats, params, included, excluded, state, tested, notes, sources,
@@ -373,26 +373,56 @@ def _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength)
     return volumes
 
 
+def _matrix_block_job(job: tuple[int, int, list[str]]) -> tuple[str, tuple | str]:
+    """COO pieces (rows = tested voxels, columns = nodule positions) of a block of patches."""
+    index, first, paths = job
+    try:
+        position = _WORKER["position"]
+        rows, cols, values = [], [], []
+        for offset, path in enumerate(paths):
+            columns, w, _, _ = patch_weights(Path(path), _WORKER["weight"], _WORKER["lookup"])
+            keep = position[columns] >= 0
+            rows.append(position[columns[keep]].astype(np.int32))
+            cols.append(np.full(keep.sum(), first + offset, np.int32))
+            # Weights are float16 values (or 0/1), so single precision holds them exactly and
+            # halves what travels back from the workers.
+            values.append(w[keep].astype(np.float32))
+        return f"block {index}", (np.concatenate(rows), np.concatenate(cols),
+                                  np.concatenate(values))
+    except Exception as exc:  # reported with the block's first patch; the run stops
+        return f"block {index} ({paths[0]}...)", f"{type(exc).__name__}: {exc}"
+
+
+def _init_matrix_worker(weight: str, lookup: np.ndarray, position: np.ndarray) -> None:
+    _WORKER.update(weight=weight, lookup=lookup, position=position)
+
+
 def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray,
-                  n_domain: int, weight: str, progress: bool = False) -> sp.csr_matrix:
-    """Sparse (tested voxels x nodules) matrix of the nodules' weights."""
+                  n_domain: int, weight: str, progress: bool = False,
+                  workers: int | None = 1, scheduler: str | None = None) -> sp.csr_matrix:
+    """Sparse (tested voxels x nodules) matrix of the nodules' weights, read in blocks of
+    patches on ``workers`` processes (or a Dask ``scheduler``) and assembled in block order."""
     position = np.full(n_domain, -1, np.int64)
     position[tested] = np.arange(len(tested))
-    rows, cols, values = [], [], []
-    for index, path in enumerate(included["patch_path"]):
-        columns, w, _, _ = patch_weights(Path(path), weight, lookup)
-        keep = position[columns] >= 0
-        rows.append(position[columns[keep]])
-        cols.append(np.full(keep.sum(), index))
-        values.append(w[keep])
-    matrix = sp.coo_matrix((np.concatenate(values), (np.concatenate(rows),
-                                                     np.concatenate(cols))),
-                           shape=(len(tested), len(included)))
+    paths = [str(p) for p in included["patch_path"]]
+    jobs = [(index, start, paths[start:start + BLOCK_SIZE])
+            for index, start in enumerate(range(0, len(paths), BLOCK_SIZE))]
+    pieces, failures = map_cases(_matrix_block_job, jobs, workers, progress and len(jobs) > 1,
+                                 desc="weight matrix", unit="block",
+                                 initializer=_init_matrix_worker,
+                                 initargs=(weight, lookup, position), chunksize=1,
+                                 scheduler=scheduler)
+    if failures:
+        key, reason = failures[0]
+        raise InputError(f"cannot read the patches of {key}: {reason}")
+    rows, cols, values = (np.concatenate(parts) for parts in zip(*pieces))
+    matrix = sp.coo_matrix((values, (rows, cols)), shape=(len(tested), len(included)))
     return matrix.tocsr()
 
 
 def _test_maps(volumes, state, included, domain, tested, lookup, weight, covariates,
-               permutations, seed, device, out_dir, atlas, progress) -> list[str]:
+               permutations, seed, device, out_dir, atlas, progress, workers, scheduler
+               ) -> list[str]:
     """Add the chi-square and OLS maps; return notes on what could not be tested."""
     shape = atlas.labels.shape
     y = included["label"].to_numpy(float)
@@ -408,7 +438,8 @@ def _test_maps(volumes, state, included, domain, tested, lookup, weight, covaria
         return notes
     n_touch, events_touch = state.sums["n"][tested], state.sums["events"][tested]
     chi2, chi2_p = proportion_chi2(n_touch, events_touch, len(y), int(y.sum()))
-    matrix = weight_matrix(included, tested, lookup, len(domain), weight, progress)
+    matrix = weight_matrix(included, tested, lookup, len(domain), weight, progress, workers,
+                           scheduler)
     design = OLSDesign(matrix, y, _covariate_matrix(included, covariates))
     t = design.t_scores()
     p = design.p_values(t)
