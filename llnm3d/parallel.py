@@ -11,6 +11,7 @@ output of a stage does not depend on where it ran.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import uuid
 from typing import Callable, Iterable, Iterator
@@ -37,10 +38,11 @@ def map_cases(function: Callable, jobs: list, workers: int | None = None,
         ``scheduler="local"``, the number of workers of the local Dask cluster.
     initializer, initargs
         Run once per worker (and once here when ``workers == 1``) before any job.
-    scheduler : str, optional
+    scheduler : str or dask.distributed.Client, optional
         Run on Dask distributed instead: the address of a running scheduler
-        (``tcp://host:8786``; its workers must see the same files), or ``"local"`` for a
-        ``LocalCluster`` of ``workers`` single-threaded processes started for this call.
+        (``tcp://host:8786``; its workers must see the same files), ``"local"`` for a
+        ``LocalCluster`` of ``workers`` single-threaded processes started for this call, or a
+        client from :func:`dask_session` (shared by several calls).
 
     Returns
     -------
@@ -102,39 +104,53 @@ def _run_chunk(chunk: list, function: Callable, setup: tuple) -> list:
     return [function(job) for job in chunk]
 
 
-def _map_dask(function, jobs, scheduler, workers, progress, desc, unit, initializer, initargs,
-              chunksize) -> list:
-    """Outcomes of ``function`` over ``jobs`` on a Dask cluster, in job order."""
+@contextlib.contextmanager
+def dask_session(scheduler, workers: int | None = None) -> Iterator:
+    """One Dask client for several :func:`map_cases` calls: yields what to pass to them as
+    ``scheduler`` (a connected client; None when ``scheduler`` is None), so a ``"local"``
+    cluster starts once, not once per call."""
+    if scheduler is None or not isinstance(scheduler, str):
+        yield scheduler
+        return
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - dask is a dependency
         raise InputError("running on a Dask scheduler needs dask[distributed]") from None
     cluster = None
     if scheduler == "local":
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address=None)
-        address = cluster
-    else:
-        address = scheduler
     try:
-        client = Client(address, timeout="30s")
+        client = Client(cluster or scheduler, timeout="30s")
     except OSError as exc:
         if cluster is not None:
             cluster.close()
         raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    chunks = [jobs[start:start + chunksize] for start in range(0, len(jobs), chunksize)]
-    outcomes: list[list | None] = [None] * len(chunks)
-    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress)
     try:
-        setup = client.scatter((uuid.uuid4().hex, initializer, initargs), broadcast=True)
-        futures = client.map(_run_chunk, chunks, function=function, setup=setup, pure=False)
-        index = {future.key: position for position, future in enumerate(futures)}
-        for future in as_completed(futures):
-            outcomes[index[future.key]] = future.result()
-            bar.update(len(outcomes[index[future.key]]))
+        yield client
     finally:
-        bar.close()
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _map_dask(function, jobs, scheduler, workers, progress, desc, unit, initializer, initargs,
+              chunksize) -> list:
+    """Outcomes of ``function`` over ``jobs`` on a Dask cluster, in job order."""
+    from dask.distributed import as_completed
+
+    chunks = [jobs[start:start + chunksize] for start in range(0, len(jobs), chunksize)]
+    outcomes: list[list | None] = [None] * len(chunks)
+    with dask_session(scheduler, workers) as client:
+        bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress)
+        try:
+            setup = client.scatter((uuid.uuid4().hex, initializer, initargs), broadcast=True)
+            futures = client.map(_run_chunk, chunks, function=function, setup=setup,
+                                 pure=False)
+            index = {future.key: position for position, future in enumerate(futures)}
+            for future in as_completed(futures):
+                outcomes[index[future.key]] = future.result()
+                bar.update(len(outcomes[index[future.key]]))
+        finally:
+            bar.close()
     return [outcome for chunk in outcomes for outcome in chunk]

@@ -39,7 +39,7 @@ from ..io import (
     write_json,
     write_volume,
 )
-from ..parallel import map_cases
+from ..parallel import dask_session, map_cases
 from ..registration import Registered, load_registered
 from ..registration.fusion import grid_signature
 from .accumulate import (
@@ -295,8 +295,22 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
         # Earlier permutations were of other data.
         for path in (out_dir / "permutations").glob("block-*.npy"):
             path.unlink()
-    state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params, workers,
-                        scheduler, progress)
+    with dask_session(scheduler, workers) as session:
+        state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params,
+                            workers, session, progress)
+        stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
+                            weight, covariates, min_cases, permutations, seed, prior_strength,
+                            bins_mm, device, out_dir, progress, workers, session)
+    if out_dir is not None:
+        stats.save(out_dir)
+        state.save(out_dir / "accumulators.npz", {"parameters": params, "complete": True})
+    return stats
+
+
+def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources, weight,
+                covariates, min_cases, permutations, seed, prior_strength, bins_mm, device,
+                out_dir, progress, workers, scheduler) -> Stats:
+    """Maps, tests and tables of an accumulated state."""
     excluded["empty patch"] = int(nodules["nodule"].isin(state.empty_nodules).sum())
     included = nodules.set_index("nodule").loc[state.nodules].reset_index()
     if len(included) == 0:
@@ -311,9 +325,6 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
                   region_table(included, atlas), capsule_distance_table(included, bins_mm))
     stats.summary = _summary(stats, params, included, excluded, state, tested, notes, sources,
                              bins_mm)
-    if out_dir is not None:
-        stats.save(out_dir)
-        state.save(out_dir / "accumulators.npz", {"parameters": params, "complete": True})
     return stats
 
 
