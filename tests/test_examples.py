@@ -43,3 +43,15 @@ def test_thousand_patient_cohort_has_planted_rates(tmp_path, atlas):
     se = grouped["risk"].apply(lambda p: np.sqrt(np.sum(p * (1 - p))) / len(p))
     z = (grouped["label"].mean() - grouped["risk"].mean()) / se
     assert (z.abs() < 3.5).all()
+
+
+@pytest.mark.slow
+def test_spatial_analysis_walkthrough_runs(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "spatial_analysis.py"),
+                             str(tmp_path), "--patients", "120"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "highest-risk region" in result.stdout and "0-1 mm" in result.stdout
+    for name in ("capsule_distance.png", "probability_slices.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    assert (tmp_path / "stats" / "probability.nii.gz").is_file()
