@@ -35,7 +35,14 @@ from tqdm.auto import tqdm
 
 from .cases import Cases, load_cases
 from .inputs import to_image_space
-from .io import InputError, atomic_path, ensure_writable_dir, read_grayscale, safe_name
+from .io import (
+    InputError,
+    atomic_path,
+    ensure_writable_dir,
+    read_grayscale,
+    safe_name,
+    write_npz,
+)
 from .manifest import read_manifest
 from .model import LLNMNet, load_model
 
@@ -120,11 +127,9 @@ def _write_case(out_dir: Path, cases: Cases, position: int, cam_map: np.ndarray,
     with atomic_path(out_dir / "overlays" / f"{name}.png") as tmp:
         Image.fromarray(overlay(read_grayscale(image_path), heatmap)).save(tmp, format="PNG")
     # The .npz goes last: its presence marks the case as finished.
-    with atomic_path(out_dir / "heatmaps" / f"{name}.npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, heatmap=heatmap, probability=np.float32(probability),
-                                case_id=str(row["case_id"]), view=str(row["view"]),
-                                model_version=version)
+    write_npz(out_dir / "heatmaps" / f"{name}.npz", heatmap=heatmap,
+              probability=np.float32(probability), case_id=str(row["case_id"]),
+              view=str(row["view"]), model_version=version)
 
 
 def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,

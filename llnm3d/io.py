@@ -71,6 +71,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """Write arrays as a compressed ``.npz`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON atomically."""
     write_text(path, to_json(data, indent=2) + "\n")

@@ -15,9 +15,8 @@ its own inputs, so the results do not depend on where or in which order they ran
 
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +37,7 @@ from ..io import (
     safe_name,
     to_json,
     write_json,
+    write_npz,
 )
 from ..manifest import Manifest, read_manifest
 from ..parallel import map_cases
@@ -77,10 +77,6 @@ class Settings:
     min_weight: float = 0.05
     allow_coarse_location: bool = False
     heatmaps: bool = True
-
-    def as_dict(self) -> dict:
-        return {"transform": self.transform, "min_weight": self.min_weight,
-                "allow_coarse_location": self.allow_coarse_location, "heatmaps": self.heatmaps}
 
 
 @dataclass
@@ -122,10 +118,7 @@ def save_patch(path: Path, patch: Patch, qc_row: dict) -> None:
               "grid": to_json(patch.grid), "qc": to_json(qc_row)}
     if patch.heatmap is not None:
         arrays["heatmap"] = patch.heatmap
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_npz(path, **arrays)
 
 
 def load_patch(path: str | Path) -> Patch:
@@ -492,7 +485,7 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
                         heatmap_dir is not None)
     if out_dir is not None:
         out_dir = ensure_writable_dir(out_dir)
-        _check_resume(out_dir, {**settings.as_dict(), "atlas": grid_signature(atlas),
+        _check_resume(out_dir, {**asdict(settings), "atlas": grid_signature(atlas),
                                 "atlas_metadata": atlas.metadata})
     jobs, failed_rows = _nodule_jobs(manifest, heatmap_dir, out_dir)
     done: dict[str, dict] = {}

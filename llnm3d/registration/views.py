@@ -151,21 +151,6 @@ class ViewRegistration:
         uv = (hw - self.offset) @ np.linalg.inv(self.matrix).T
         return uv[:, ::-1] / self.pixel_mm
 
-    def as_dict(self) -> dict:
-        return {"view": self.view, "level_mm": self.level_mm,
-                "matrix": self.matrix.tolist(), "offset": self.offset.tolist(),
-                "origin_mm": self.origin_mm.tolist(), "row_dir": self.row_dir.tolist(),
-                "col_dir": self.col_dir.tolist(), "pixel_mm": self.pixel_mm,
-                "metric": self.metric, "dice": self.dice, "iterations": self.iterations}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ViewRegistration":
-        arrays = {k: np.asarray(data[k], dtype=float)
-                  for k in ("matrix", "offset", "origin_mm", "row_dir", "col_dir")}
-        return cls(view=data["view"], level_mm=float(data["level_mm"]), **arrays,
-                   pixel_mm=float(data["pixel_mm"]), metric=float(data["metric"]),
-                   dice=float(data["dice"]), iterations=int(data["iterations"]))
-
 
 def atlas_plane(atlas: Atlas, view: str, level_mm: float) -> Section:
     """The whole gland's cross-section at ``level_mm`` over the full atlas grid.

@@ -25,7 +25,6 @@ fixed-size blocks), so the arrays do not depend on how many workers made them.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atlas import Atlas
-from ..io import atomic_path, to_json
+from ..io import to_json, write_npz
 from ..registration import load_patch
 
 DOMAIN_MARGIN_MM = 1.5
@@ -89,12 +88,9 @@ class Accumulator:
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         """Write atomically (compressed .npz) with ``extra`` JSON metadata."""
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.sums, nodules=to_json(self.nodules),
-                            empty_nodules=to_json(self.empty_nodules),
-                            outside_weight=self.outside_weight, extra=to_json(extra or {}))
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buffer.getvalue())
+        write_npz(path, **self.sums, nodules=to_json(self.nodules),
+                  empty_nodules=to_json(self.empty_nodules),
+                  outside_weight=self.outside_weight, extra=to_json(extra or {}))
 
     @classmethod
     def load(cls, path: Path) -> tuple["Accumulator", dict]:
