@@ -3,25 +3,47 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Node tools for the tests (glTF validator) and the source of the vendored three.js.
+NODE_STAMP := node_modules/.installed
+# Debian's Chromium for the browser tests (Playwright never downloads its own browser here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+THREE_FILES := LICENSE build/three.module.js build/three.core.js \
+	examples/jsm/loaders/GLTFLoader.js examples/jsm/controls/OrbitControls.js \
+	examples/jsm/utils/BufferGeometryUtils.js examples/jsm/utils/SkeletonUtils.js
 
-.PHONY: demo test test-slow figures clean
+.PHONY: demo test test-slow figures vendor-three clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium
+
 demo: $(STAMP)
 	$(BIN)/llnm3d demo --out demo-output
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -m slow
 
 figures: $(STAMP)
 	$(BIN)/python examples/make_figures.py docs
 
+# Refresh llnm3d/site/vendor/three from the npm package pinned in package.json.
+vendor-three: $(NODE_STAMP)
+	for f in $(THREE_FILES); do \
+		mkdir -p llnm3d/site/vendor/three/$$(dirname $$f) && \
+		cp node_modules/three/$$f llnm3d/site/vendor/three/$$f; done
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) node_modules demo-output .pytest_cache

@@ -331,6 +331,98 @@ def aggregate(
         typer.echo(f"note: {note}")
 
 
+LevelsOption = Annotated[Optional[str], typer.Option(
+    help="Comma-separated isosurface probabilities, e.g. 0.4,0.5 (default: the 75th and 95th "
+         "percentiles of the shown voxels).")]
+PublishMinCasesOption = Annotated[Optional[int], typer.Option(
+    "--min-cases", help="Publish only voxels and table rows with at least this many nodules "
+                        "(default and lowest: the aggregation's --min-cases).")]
+
+
+def _levels(text: str | None) -> list[float] | None:
+    from .io import InputError
+
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--levels: expected numbers like 0.4,0.5, got {text!r}") from None
+
+
+@app.command("export")
+def export_command(
+    stats: Annotated[Path, typer.Option(help="Output folder of `llnm3d aggregate`.")],
+    out: Annotated[Path, typer.Option(help="Folder for field.glb, capsule.glb, "
+                                           "isosurfaces.glb.")],
+    atlas_path: AtlasOption = None,
+    levels: LevelsOption = None,
+    min_cases: PublishMinCasesOption = None,
+    field_spacing_mm: Annotated[float, typer.Option(
+        help="Grid of the exported probability points (mm).")] = 1.0,
+) -> None:
+    """glTF (.glb) files of the probability field, capsule surface and isosurfaces."""
+    from .export import export_stats
+
+    with _input_errors():
+        atlas = _load_atlas(atlas_path) if atlas_path else None
+        result = export_stats(stats, out, atlas=atlas, levels=_levels(levels),
+                              min_cases=min_cases, field_spacing_mm=field_spacing_mm)
+    typer.echo(f"{result['points']} voxels with >= {result['min_cases']} nodules, isosurfaces "
+               f"at {result['isosurface_levels']}; glTF files in {out}")
+    for note in result["notes"]:
+        typer.echo(f"note: {note}")
+
+
+@app.command("build-site")
+def build_site_command(
+    out: Annotated[Path, typer.Option(help="Site folder (replaced as a whole).")] = Path("site"),
+    stats: Annotated[Optional[Path], typer.Option(
+        help="Output folder of `llnm3d aggregate`.")] = None,
+    points: Annotated[Optional[Path], typer.Option(
+        help="A point CSV (x,y,z,r,g,b), e.g. the published LLNM-Net points, shown as a "
+             "layer beside the atlas (or alone).")] = None,
+    atlas_path: AtlasOption = None,
+    title: Annotated[str, typer.Option(help="Page title (plain text).")] = "",
+    description: Annotated[Optional[str], typer.Option(
+        help="Text under the title (plain text; default: the cohort in one sentence).")] = None,
+    levels: LevelsOption = None,
+    min_cases: PublishMinCasesOption = None,
+) -> None:
+    """A static, offline 3D viewer site (index.html, glTF assets, vendored three.js) for
+    GitHub Pages or any static host."""
+    from .site import DEFAULT_TITLE, build_site, site_size_bytes
+
+    with _input_errors():
+        atlas = _load_atlas(atlas_path) if atlas_path else None
+        site = build_site(out, stats, points_csv=points, atlas=atlas,
+                          title=title or DEFAULT_TITLE, description=description,
+                          levels=_levels(levels), min_cases=min_cases)
+    typer.echo(f"site in {site} ({site_size_bytes(site) / 1e6:.2f} MB without the vendored "
+               f"three.js); view it with `llnm3d serve {site}`")
+
+
+@app.command()
+def serve(
+    site: Annotated[Path, typer.Argument(help="A folder written by `llnm3d build-site`.")] = Path(
+        "site"),
+    port: Annotated[int, typer.Option(help="Port on localhost.")] = 8000,
+) -> None:
+    """Serve a site on http://localhost:PORT (ES modules do not load from file://)."""
+    import functools
+    import http.server
+
+    if not (site / "index.html").is_file():
+        typer.echo(f"error: {site}: no index.html; build it with `llnm3d build-site`", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        typer.echo(f"serving {site} on http://localhost:{server.server_address[1]}/ "
+                   "(Ctrl+C stops)")
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),

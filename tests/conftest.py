@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from llnm3d import Atlas
+from llnm3d import Atlas, aggregate, register
 from llnm3d.phantom import make_phantom
 from llnm3d.train import TrainSettings, train
 
@@ -33,3 +33,25 @@ def model_dir(cohort, tmp_path_factory):
         for suffix in (".safetensors", ".json"):
             (folder / view / f"model{suffix}").rename(folder / f"{view}{suffix}")
     return folder
+
+
+@pytest.fixture(scope="session")
+def registered(cohort, atlas, tmp_path_factory):
+    """The small cohort registered with a uniform heatmap (0.5) on every image."""
+    heat = tmp_path_factory.mktemp("heat")
+    (heat / "heatmaps").mkdir()
+    for case in cohort.manifest["case_id"]:
+        np.savez(heat / "heatmaps" / f"{case}.npz", heatmap=np.full((256, 256), 0.5, np.float32),
+                 probability=np.float32(0.4))
+    return register(cohort.out_dir / "manifest.csv", heatmaps=heat, atlas=atlas,
+                    out_dir=tmp_path_factory.mktemp("registered"), workers=2, progress=False)
+
+
+@pytest.fixture(scope="session")
+def stats_dir(registered, atlas, tmp_path_factory):
+    """An `llnm3d aggregate` folder of the small cohort (mask weights, min-cases 2), for the
+    export, site and browser tests (read only)."""
+    out = tmp_path_factory.mktemp("stats")
+    aggregate(registered, atlas=atlas, out_dir=out, weight="mask", min_cases=2,
+              permutations=20, progress=False)
+    return out

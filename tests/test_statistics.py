@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from llnm3d import Atlas, aggregate, load_stats, register
+from llnm3d import Atlas, aggregate, load_stats
 from llnm3d.cli import app
 from llnm3d.io import InputError
 from llnm3d.registration import load_patch
@@ -77,18 +77,6 @@ def test_interval_chi2_and_fdr_against_references():
     q = fdr_bh(np.array([0.01, 0.04, 0.03, np.nan, 0.5]))
     np.testing.assert_allclose(q[[0, 1, 2, 4]], [0.04, 0.16 / 3, 0.16 / 3, 0.5])
     assert np.isnan(q[3])
-
-
-@pytest.fixture(scope="module")
-def registered(cohort, atlas, tmp_path_factory):
-    """The small cohort registered with a uniform heatmap (0.5) on every image."""
-    heat = tmp_path_factory.mktemp("heat")
-    (heat / "heatmaps").mkdir()
-    for case in cohort.manifest["case_id"]:
-        np.savez(heat / "heatmaps" / f"{case}.npz", heatmap=np.full((256, 256), 0.5, np.float32),
-                 probability=np.float32(0.4))
-    return register(cohort.out_dir / "manifest.csv", heatmaps=heat, atlas=atlas,
-                    out_dir=tmp_path_factory.mktemp("registered"), workers=2, progress=False)
 
 
 def test_maps_count_what_the_patches_hold(registered, atlas, tmp_path):

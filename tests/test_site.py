@@ -1,0 +1,130 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llnm3d import site as site_module
+from llnm3d.cli import app
+from llnm3d.io import InputError
+from llnm3d.site import build_site, site_size_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT.parent / "shared" / "data" / "llnm-net-published-3d" / "points.csv"
+HOSTILE = '</title><script>alert("x")</script> & <b>bold</b>'
+
+
+@pytest.fixture(scope="module")
+def built(stats_dir, atlas, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sites") / "site"
+    return build_site(out, stats_dir, points_csv=PUBLISHED, atlas=atlas, title=HOSTILE,
+                      description=HOSTILE)
+
+
+def test_site_is_self_contained_with_relative_paths(built):
+    for name in ("index.html", "viewer.js", "viewer.css", "data.json", ".nojekyll",
+                 "vendor/three/LICENSE", "vendor/three/build/three.module.js",
+                 "vendor/three/build/three.core.js",
+                 "vendor/three/examples/jsm/loaders/GLTFLoader.js",
+                 "vendor/three/examples/jsm/controls/OrbitControls.js"):
+        assert (built / name).is_file(), name
+    assert "MIT" in (built / "vendor/three/LICENSE").read_text()
+    data = json.loads((built / "data.json").read_text())
+    assert data["format"] == "llnm3d-site/1"
+    assert {layer["id"] for layer in data["layers"]} >= {"field", "capsule", "published_points"}
+    for layer in data["layers"]:
+        assert not Path(layer["file"]).is_absolute() and (built / layer["file"]).is_file()
+    html = (built / "index.html").read_text()
+    # Nothing from the network: no absolute URLs in what the page loads.
+    for page in (html, (built / "viewer.js").read_text()):
+        assert not re.search(r"""(src|href|from|import)\s*=?\s*\(?["']\s*(https?:)?//""", page)
+    imports = json.loads(re.search(r'<script type="importmap">(.*?)</script>', html,
+                                   re.S).group(1))["imports"]
+    assert (built / imports["three"]).is_file()
+    assert (built / imports["three/addons/"] / "loaders" / "GLTFLoader.js").is_file()
+
+
+def test_text_reaching_html_is_escaped(built):
+    html = (built / "index.html").read_text()
+    assert "<script>alert" not in html and "<b>bold</b>" not in html
+    assert "&lt;script&gt;alert(" in html
+    assert json.loads((built / "data.json").read_text())["title"] == HOSTILE
+
+
+def test_site_carries_aggregates_only(built, cohort, registered, stats_dir):
+    """No case id, patient id, nodule key or input path anywhere in the built files."""
+    needles = set(cohort.manifest["case_id"]) | set(cohort.manifest["patient_id"])
+    needles |= set(registered.qc["nodule"]) | {str(stats_dir), str(registered.out_dir),
+                                              str(cohort.out_dir)}
+    for path in built.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            found = [n for n in needles if n.encode() in content]
+            assert not found, (path, found[:5])
+
+
+def test_table_rows_below_min_cases_are_suppressed(built, stats_dir):
+    data = json.loads((built / "data.json").read_text())
+    regions = data["tables"]["regions"]
+    columns = regions["columns"]
+    from llnm3d import load_stats
+
+    table = load_stats(stats_dir).regions
+    for cells, (_, row) in zip(regions["rows"], table.iterrows()):
+        record = dict(zip(columns, cells))
+        assert record["region"] == row["region"]
+        if row["nodules"] < data["min_cases"]:
+            assert record["nodules"] is None and record["risk"] is None
+        else:
+            assert record["nodules"] == row["nodules"]
+            assert record["risk"] == pytest.approx(row["risk"], abs=1e-4)
+
+
+def test_empty_map_builds_a_page_that_says_so(stats_dir, atlas, tmp_path):
+    out = build_site(tmp_path / "site", stats_dir, atlas=atlas, min_cases=10_000)
+    data = json.loads((out / "data.json").read_text())
+    assert data["points"] == 0 and data["probability_range"] is None
+    assert any("no voxel has at least 10000 nodules" in note for note in data["notes"])
+    assert next(x for x in data["layers"] if x["id"] == "field")["visible"] is False
+    assert all(row[2] is None for row in data["tables"]["regions"]["rows"])
+
+
+def test_rebuild_replaces_atomically_and_refuses_foreign_folders(stats_dir, atlas, tmp_path,
+                                                                 monkeypatch):
+    out = build_site(tmp_path / "site", stats_dir, atlas=atlas, title="first")
+    before = (out / "data.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("killed while rendering")
+
+    monkeypatch.setattr(site_module, "_render", broken)
+    with pytest.raises(RuntimeError):
+        build_site(out, stats_dir, atlas=atlas, title="second")
+    assert (out / "data.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no half-built leftovers
+    monkeypatch.undo()
+    build_site(out, stats_dir, atlas=atlas, title="second")
+    assert json.loads((out / "data.json").read_text())["title"] == "second"
+
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("precious")
+    with pytest.raises(InputError, match="not an llnm3d site"):
+        build_site(foreign, stats_dir, atlas=atlas)
+    assert (foreign / "thesis.docx").read_text() == "precious"
+
+
+def test_points_only_site_and_cli(tmp_path, stats_dir):
+    result = CliRunner().invoke(app, ["build-site", "--points", str(PUBLISHED), "--out",
+                                      str(tmp_path / "points")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "points" / "data.json").read_text())
+    assert [x["id"] for x in data["layers"]] == ["capsule", "published_points"]
+    assert data["layers"][1]["count"] == 4580
+    assert site_size_bytes(tmp_path / "points") < 300_000  # the published page: 2 MB
+    result = CliRunner().invoke(app, ["build-site", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "needs --stats, --points" in result.output
+    result = CliRunner().invoke(app, ["build-site", "--stats", str(tmp_path), "--out",
+                                      str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no summary.json" in result.output
