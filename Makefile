@@ -12,7 +12,7 @@ THREE_FILES := LICENSE build/three.module.js build/three.core.js \
 	examples/jsm/loaders/GLTFLoader.js examples/jsm/controls/OrbitControls.js \
 	examples/jsm/utils/BufferGeometryUtils.js examples/jsm/utils/SkeletonUtils.js
 
-.PHONY: demo test test-slow figures vendor-three clean
+.PHONY: demo test test-slow figures site vendor-three clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: $(STAMP) $(NODE_STAMP)
 
 test-slow: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -m slow
+
+# The published demo site (what GitHub Pages serves): a fresh demo run, its site copied to site/.
+# tests/test_published_site.py fails when site/ was built by other code than the current.
+site: $(STAMP)
+	rm -rf build/demo-site
+	$(BIN)/llnm3d demo --out build/demo-site
+	rm -rf site
+	cp -r build/demo-site/site site
 
 figures: $(STAMP)
 	$(BIN)/python examples/make_figures.py docs

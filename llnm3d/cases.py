@@ -16,7 +16,7 @@ import torch
 
 from .features import MODEL_FEATURES, nodule_features
 from .inputs import CHANNELS, Geometry, location_feature_map
-from .io import read_grayscale, read_mask
+from .io import InputError, read_grayscale, read_mask
 from .manifest import Manifest
 from .model import sex_codes
 from .parallel import map_cases
@@ -86,6 +86,8 @@ def _load_one(task: tuple) -> tuple[str, tuple | str]:
         maps = np.round(channels * 255).astype(np.uint8)
         features = np.array([values[name] for name in MODEL_FEATURES], np.float32)
         return case_id, (case_id, maps, geometry, encode(report, max_length), features)
+    except InputError as exc:
+        return case_id, str(exc)
     except Exception as exc:  # one unreadable case is reported; the others load
         return case_id, f"{type(exc).__name__}: {exc}"
 

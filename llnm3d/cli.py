@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 some cases failed (the rest completed), 2 usage or inpu
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -429,13 +428,29 @@ def demo(
     patients: Annotated[int, typer.Option(help="Phantom patients.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Run the chain on bundled defaults: atlas, phantom cohort, heatmaps (bundled LLNM-Net),
-    registration, aggregation (the site joins when it is built)."""
-    from .demo import run_demo
+    """Run the whole chain on bundled defaults: atlas, phantom cohort, heatmaps (bundled
+    LLNM-Net), registration, aggregation and the 3D viewer site."""
+    from .demo import STAGES, run_demo
+
+    def stage(index: int, name: str) -> None:
+        typer.secho(f"[{index + 1}/{len(STAGES)}] {name}", bold=True, err=True)
 
     with _input_errors():
-        summary = run_demo(out, n_patients=patients, seed=seed)
-    typer.echo(json.dumps(summary, indent=2))
+        summary = run_demo(out, n_patients=patients, seed=seed, stage=stage)
+    error = summary["registration_centre_error_mm"]
+    regions = ", ".join(f"{r['region']} {r['risk']:.0%} (n={r['nodules']})"
+                        for r in summary["top_regions"])
+    typer.echo(f"""
+{summary['patients']} patients, {summary['nodules']} nodules, LLNM prevalence \
+{summary['llnm_prevalence']:.0%}
+model AUC per nodule:          {summary['model_auc_per_nodule']}
+registration centre error:     median {error['median']} mm, 95th percentile {error['p95']} mm
+map vs planted risk (Pearson): {summary['map_vs_planted_risk_pearson_r']}
+highest-risk regions:          {regions}
+site:                          {summary['site']} ({summary['site_mb_without_three_js']} MB \
+without three.js)
+view it:                       llnm3d serve {summary['site']}   (then open http://localhost:8000)
+everything:                    {Path(out) / 'summary.json'}""")
 
 
 def main() -> None:

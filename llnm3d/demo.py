@@ -15,35 +15,49 @@ from .phantom import make_phantom
 from .phantom.truth import planted_risk_map, registration_errors
 from .qc import contact_sheet
 from .registration import register
+from .site import build_site, site_size_bytes
 from .statistics import aggregate
+
+STAGES = ("atlas", "phantom cohort", "heatmaps (bundled LLNM-Net)", "registration",
+          "aggregation", "site")
 
 
 def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
-             progress: bool = True) -> dict:
-    """Run the chain so far under ``out_dir``; return (and save) a summary.
+             progress: bool = True, stage=None) -> dict:
+    """Run the whole chain under ``out_dir``; return (and save) a summary.
 
     Writes ``atlas/``, ``phantom/`` (with ``contact_sheet.png``), ``heatmaps/`` (bundled
     LLNM-Net predictions and GradCAM++ heatmaps), ``registered/`` (one 3D patch per nodule and
-    the QC table), ``stats/`` (probability maps, tests, region and capsule-distance tables) and
-    ``summary.json`` (with the registration error and the map's correlation with the planted
-    risk, from the phantom's truth, which only this summary reads). Idempotent: a second run
-    with the same arguments reuses what is complete.
+    the QC table), ``stats/`` (probability maps, tests, region and capsule-distance tables),
+    ``site/`` (the static 3D viewer) and ``summary.json`` (with the registration error and the
+    map's correlation with the planted risk, from the phantom's truth, which only this summary
+    reads). Idempotent: a second run with the same arguments reuses what is complete.
+    ``stage(index, name)``, if given, is called as each of :data:`STAGES` starts.
     """
+    stage = stage or (lambda index, name: None)
     out_dir = ensure_writable_dir(out_dir)
+    stage(0, STAGES[0])
     atlas = Atlas.default()
     atlas.save(out_dir / "atlas")
+    stage(1, STAGES[1])
     cohort = make_phantom(out_dir / "phantom", n_patients, seed=seed, atlas=atlas,
                           progress=progress)
     manifest_path = cohort.out_dir / "manifest.csv"
     sheet = contact_sheet(read_manifest(manifest_path), cohort.out_dir / "contact_sheet.png")
+    stage(2, STAGES[2])
     heatmaps = compute_heatmaps(manifest_path, out_dir / "heatmaps", progress=progress)
     scored = heatmaps.predictions.merge(cohort.manifest[["case_id", "label"]], on="case_id")
     per_view = {view: _auc(group["label"], group["probability"])
                 for view, group in scored.groupby("view")}
+    stage(3, STAGES[3])
     registered = register(manifest_path, heatmaps=out_dir / "heatmaps", atlas=atlas,
                           out_dir=out_dir / "registered", progress=progress)
     errors = registration_errors(registered.qc, cohort.out_dir, atlas)["error_mm"]
+    stage(4, STAGES[4])
     stats = aggregate(registered, atlas=atlas, out_dir=out_dir / "stats", progress=progress)
+    stage(5, STAGES[5])
+    site = build_site(out_dir / "site", out_dir / "stats", atlas=atlas,
+                      title="llnm3d demo: where LLNM risk concentrates in a phantom cohort")
     planted = planted_risk_map(stats, registered, cohort.out_dir, atlas)
     recovered = stats.volumes["probability"]
     both = np.isfinite(planted) & np.isfinite(recovered)
@@ -77,6 +91,8 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
         "top_regions": [{"region": row["region"], "nodules": int(row["nodules"]),
                          "risk": round(float(row["risk"]), 3)}
                         for _, row in regions.head(3).iterrows()],
+        "site": str(site),
+        "site_mb_without_three_js": round(site_size_bytes(site) / 1e6, 2),
         "seed": seed,
     }
     write_json(out_dir / "summary.json", summary)

@@ -110,6 +110,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_GREY_FRACTION = 0.05
 
 
 def read_grayscale(path: str | os.PathLike) -> np.ndarray:
@@ -125,6 +126,9 @@ def read_mask(path: str | os.PathLike | None,
               resize_to: tuple[int, int] | None = None) -> np.ndarray | None:
     """Read a mask file as bool (gray >= 128, so JPEG masks work); None for no path.
 
+    More than :data:`MAX_GREY_FRACTION` of grey pixels (33-223) means the file is not a mask
+    (e.g. an image or a probability map given by mistake): InputError.
+
     With ``resize_to`` (rows, cols), a mask of another size is resized to it (nearest
     neighbour): for cohorts whose masks were drawn on resized images, such as the LLNM-Net
     samples (256x256 masks on images of various sizes).
@@ -132,6 +136,11 @@ def read_mask(path: str | os.PathLike | None,
     if path is None:
         return None
     mask = read_grayscale(path)
+    # JPEG masks have grey edges; a grey image given as a mask has grey everywhere.
+    grey = np.mean((mask > 32) & (mask < 224))
+    if grey > MAX_GREY_FRACTION:
+        raise InputError(f"{Path(path).name}: not a binary mask ({grey:.0%} of its pixels are "
+                         "grey; expected black background and white foreground)")
     if resize_to is not None and mask.shape != tuple(resize_to):
         mask = np.asarray(Image.fromarray(mask).resize(resize_to[::-1], Image.Resampling.NEAREST))
     return mask >= 128

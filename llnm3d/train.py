@@ -184,6 +184,8 @@ def train(manifest_path: str | Path, view: str, out_dir: str | Path,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)
     manifest = read_manifest(manifest_path)
+    if "split" in manifest.table:  # the whole manifest, all views, before any image is read
+        split_by_patient(manifest.table, settings.val_fraction, settings.seed)
     cases = load_cases(manifest, view=view, workers=workers, progress=progress)
     labelled = cases.labels() >= 0
     if labelled.sum() < 10:

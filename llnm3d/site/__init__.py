@@ -8,6 +8,7 @@ CDN, no network at view time, relative paths only. The layout is in ``docs/site-
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import tempfile
@@ -43,6 +44,24 @@ _REGION_COLUMNS = ["region", "half", "nodules", "events", "risk", "ci_low", "ci_
 _DISTANCE_COLUMNS = ["bin", "nodules", "events", "risk", "ci_low", "ci_high",
                      "mean_model_probability"]
 _SUPPRESSED = ["events", "risk", "ci_low", "ci_high", "mean_model_probability"]
+
+
+def source_fingerprint() -> str:
+    """SHA-256 of the llnm3d package's source and data files and the bundled weights.
+
+    Recorded in every site's ``data.json``; a site whose fingerprint differs from the running
+    code's was built by other code (the test of the published ``site/`` relies on this).
+    """
+    from ..heatmap import MODEL_DIR
+
+    package = Path(__file__).resolve().parents[1]
+    files = [(p.relative_to(package).as_posix(), p) for p in package.rglob("*")
+             if p.is_file() and p.suffix in {".py", ".j2", ".js", ".css", ".json"}]
+    files += [(f"model/{p.name}", p) for p in Path(MODEL_DIR).glob("*") if p.is_file()]
+    digest = hashlib.sha256()
+    for name, path in sorted(files):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _site_files():
@@ -153,6 +172,7 @@ def _write_site(work: Path, stats, points, atlas, title, description, levels, mi
     assets.mkdir()
     data = {"format": FORMAT, "title": title, "llnm3d_version": __version__,
             "three_version": THREE_VERSION, "colormaps": colormaps(),
+            "build": {"source_fingerprint": source_fingerprint()},
             **{k: v for k, v in metadata(None, None).items() if k in ("units", "space",
                                                                         "region_names")},
             "layers": [], "tables": {}, "notes": []}

@@ -4,27 +4,25 @@ import * as THREE from 'three';
 import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
 import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 
-const COLOUR_MAPS = {
-  cividis: {
-    label: 'Cividis (colour-blind safe)',
-    stops: [0x00224e, 0x002e6a, 0x1a386f, 0x32436d, 0x434e6c, 0x535a6d, 0x61656f, 0x6f7073,
-      0x7d7c78, 0x8c8878, 0x9b9476, 0xaba072, 0xbcae6c, 0xcdbb63, 0xdec958, 0xf0d846, 0xfee838],
-  },
-  viridis: {
-    label: 'Viridis',
-    stops: [0x440154, 0x48186a, 0x472d7b, 0x424086, 0x3b528b, 0x33638d, 0x2c728e, 0x26828e,
+// Fallback colour maps (17 sRGB stops, as llnm3d/data/colormaps.json); data.colormaps wins.
+const FALLBACK_MAPS = {
+  cividis: [0x00224e, 0x002e6a, 0x1a386f, 0x32436d, 0x434e6c, 0x535a6d, 0x61656f, 0x6f7073,
+      0x7d7c78, 0x8c8878, 0x9b9476, 0xaba072, 0xbcae6c, 0xcdbb64, 0xdec958, 0xf0d846, 0xfee838],
+  viridis: [0x440154, 0x48186a, 0x472d7b, 0x424086, 0x3b528b, 0x33638d, 0x2c728e, 0x26828e,
       0x21918c, 0x1fa088, 0x28ae80, 0x3fbc73, 0x5ec962, 0x84d44b, 0xaddc30, 0xd8e219, 0xfde725],
-  },
-  published: {
-    label: 'Published orange (OrRd)',
-    stops: [0xfdd49e, 0xfdba83, 0xfc8c59, 0xef6447, 0xd62f1e, 0xb20000, 0x7f0000],
-  },
+  'published orange': [0xfdd49e, 0xfdca94, 0xfdc18a, 0xfdb57e, 0xfca36e, 0xfc925e, 0xf98254,
+    0xf4734e, 0xef6447, 0xe65038, 0xdc3c28, 0xd2291a, 0xc4170f, 0xb70503, 0xa50000, 0x910000,
+    0x7f0000],
+};
+const MAP_LABELS = {
+  cividis: 'Cividis (colour-blind safe)', viridis: 'Viridis',
+  'published orange': 'Published orange (as the LLNM-Net page)',
 };
 const DEFAULT_CMAP = 'cividis';
 const BACKGROUND = 0x2b3038;
 const TISSUE = 0xe6cdc6;
 const MARKER = 0xff4f9a;
-const DEFAULT_OPACITY = 0.35;
+const DEFAULT_OPACITY = 0.4;
 const ISOSURFACE_OPACITY = 0.5;
 // Voxel centres sit exactly on slider steps: a small tolerance keeps CPU and GPU in agreement.
 const CLIP_EPS_MM = 1e-3;
@@ -60,6 +58,7 @@ let pinned = null;       // pick the user clicked, shown when the pointer is els
 let renderQueued = false;
 let hashTimer = 0;
 const layers = {};       // layer id -> THREE.Object3D
+let colourMaps = {};     // name -> [[r, g, b] 0-255, ...]
 const clipPlanes = AXES.flatMap(() => [new THREE.Plane(), new THREE.Plane()]);
 const lut = new THREE.DataTexture(new Uint8Array(256 * 4), 256, 1);
 const state = {
@@ -80,17 +79,21 @@ window.llnm3d = api;
 
 // ---- colour maps -------------------------------------------------------------------------
 
+function loadColourMaps() {
+  const fromData = Object.entries(data.colormaps ?? {})
+    .filter(([, stops]) => Array.isArray(stops) && stops.length >= 2)
+    .map(([name, stops]) => [name, stops.map((rgb) => rgb.map((c) => Math.round(255 * c)))]);
+  const fallback = Object.entries(FALLBACK_MAPS)
+    .map(([name, stops]) => [name, stops.map((hex) => [(hex >> 16) & 255, (hex >> 8) & 255, hex & 255])]);
+  colourMaps = Object.fromEntries(fromData.length ? fromData : fallback);
+}
+
 function colourAt(name, t) {
-  const stops = COLOUR_MAPS[name].stops;
+  const stops = colourMaps[name];
   const s = Math.min(Math.max(t, 0), 1) * (stops.length - 1);
   const i = Math.min(Math.floor(s), stops.length - 2);
   const f = s - i;
-  const channel = (shift) => {
-    const a = (stops[i] >> shift) & 255;
-    const b = (stops[i + 1] >> shift) & 255;
-    return Math.round(a + (b - a) * f);
-  };
-  return [channel(16), channel(8), channel(0)];
+  return stops[i].map((a, c) => Math.round(a + (stops[i + 1][c] - a) * f));
 }
 
 const cssColour = (rgb) => `rgb(${rgb.join(',')})`;
@@ -198,8 +201,9 @@ function fillPage() {
     $('cohort').append(element('dt', term), element('dd', String(value)));
   }
   for (const note of data.notes ?? []) $('notes').append(element('li', note));
-  for (const [name, map] of Object.entries(COLOUR_MAPS)) {
-    const option = element('option', map.label);
+  loadColourMaps();
+  for (const name of Object.keys(colourMaps)) {
+    const option = element('option', MAP_LABELS[name] ?? name);
     option.value = name;
     $('cmap').append(option);
   }
@@ -237,11 +241,13 @@ function createScene() {
   scene = new THREE.Scene();
   camera = new THREE.PerspectiveCamera(35, 1, 1, 5000);
   scene.add(camera);
-  scene.add(new THREE.AmbientLight(0xffffff, 1.2));
-  const headlight = new THREE.DirectionalLight(0xffffff, 2.0);
+  scene.add(new THREE.AmbientLight(0xffffff, 0.5));
+  const headlight = new THREE.DirectionalLight(0xffffff, 0.9);
   headlight.position.set(0.3, 0.5, 1);
   camera.add(headlight);
   controls = new OrbitControls(camera, canvas);
+  controls.minDistance = 5;
+  controls.maxDistance = 1500;
   controls.addEventListener('change', onViewChange);
   Object.assign(api, { renderer, scene, camera, controls });
 }
@@ -292,7 +298,7 @@ function setupField(root) {
   });
   field = {
     points, count, atlas, maxN, spacing,
-    prob: attr('_prob'), n, ciLow: attr('_ci_low'), ciHigh: attr('_ci_high'), region: attr('_region'),
+    prob: attr('_prob'), n, ci: geometry.getAttribute('_ci'), region: attr('_region'),
   };
   api.fieldPoints = points;
 }
@@ -337,7 +343,7 @@ void main() {
 function rimAlpha(shader) {
   shader.fragmentShader = shader.fragmentShader.replace('#include <opaque_fragment>', `
     float rim = 1.0 - abs(dot(normal, normalize(vViewPosition)));
-    diffuseColor.a = mix(opacity * opacity, min(1.0, 2.5 * opacity), pow(rim, 1.5));
+    diffuseColor.a = mix(opacity * opacity * opacity, min(1.0, 2.5 * opacity), pow(rim, 1.5));
     #include <opaque_fragment>`);
 }
 
@@ -359,8 +365,10 @@ function setupSurfaces(id, root) {
 function setupPublished(root) {
   const points = findPoints(root);
   if (!points) return;
+  // PointsMaterial scales size by half the viewport height over depth: this makes it 1.5 voxels.
+  const mm = 1.5 * (data.field_spacing_mm || 1);
   points.material = new THREE.PointsMaterial({
-    size: 1.5 * (data.field_spacing_mm || 1), vertexColors: true, sizeAttenuation: true,
+    size: mm / Math.tan(THREE.MathUtils.degToRad(camera.fov) / 2), vertexColors: true,
   });
 }
 
@@ -570,7 +578,7 @@ function setState(next) {
   state.coverage = Number($('coverage').value);
   $('opacity').value = String(state.opacity);
   state.opacity = Number($('opacity').value);
-  $('cmap').value = COLOUR_MAPS[state.cmap] ? state.cmap : DEFAULT_CMAP;
+  $('cmap').value = colourMaps[state.cmap] ? state.cmap : DEFAULT_CMAP;
   state.cmap = $('cmap').value;
   $('capsule-colour').checked = state.capsuleColour;
   for (const a of AXES) {
@@ -588,12 +596,25 @@ function setState(next) {
 
 // ---- camera ------------------------------------------------------------------------------
 
+// World box of the visible layers (the gland's when none is visible): what presets frame.
+function visibleBox() {
+  const box = new THREE.Box3();
+  for (const [id, root] of Object.entries(layers)) if (state.layers[id]) box.expandByObject(root);
+  if (box.isEmpty()) box.setFromCenterAndSize(glandCentre(), new THREE.Vector3().setScalar(glandSize()));
+  return box;
+}
+
 function setPreset(name) {
   const direction = new THREE.Vector3(...PRESETS[name]).normalize();
-  const fov = THREE.MathUtils.degToRad(camera.fov);
-  const distance = (0.75 * glandSize()) / Math.tan(fov / 2) + glandSize() / 2;
-  controls.target.copy(glandCentre());
-  camera.position.copy(glandCentre()).addScaledVector(direction, distance);
+  const box = visibleBox();
+  const size = box.getSize(new THREE.Vector3());
+  const centre = box.getCenter(new THREE.Vector3());
+  const vertical = THREE.MathUtils.degToRad(camera.fov) / 2;
+  const horizontal = Math.atan(Math.tan(vertical) * camera.aspect);
+  const radius = 0.55 * Math.max(size.x, size.y, size.z);
+  const distance = radius / Math.tan(Math.min(vertical, horizontal)) + radius;
+  controls.target.copy(centre);
+  camera.position.copy(centre).addScaledVector(direction, distance);
   camera.up.set(0, 1, 0);
   camera.lookAt(controls.target);
   controls.update();
@@ -608,8 +629,9 @@ function onKey(event) {
     ArrowRight: () => (event.shiftKey ? controls.pan(-pan, 0) : controls.rotateLeft(-step)),
     ArrowUp: () => (event.shiftKey ? controls.pan(0, pan) : controls.rotateUp(step)),
     ArrowDown: () => (event.shiftKey ? controls.pan(0, -pan) : controls.rotateUp(-step)),
-    '+': () => controls.dollyIn(1.1), '=': () => controls.dollyIn(1.1),
-    '-': () => controls.dollyOut(1.1), _: () => controls.dollyOut(1.1),
+    // OrbitControls' dollyOut moves the camera closer (zooms in).
+    '+': () => controls.dollyOut(1.1), '=': () => controls.dollyOut(1.1),
+    '-': () => controls.dollyIn(1.1), _: () => controls.dollyIn(1.1),
   };
   if (PRESET_KEYS[event.key]) setPreset(PRESET_KEYS[event.key]);
   else if (actions[event.key]) actions[event.key]();
@@ -700,7 +722,7 @@ function showPick(pick) {
     const region = Math.round(field.region?.[i] ?? 0);
     title = `LLNM probability ${fmtP(field.prob[i])} (${(100 * field.prob[i]).toFixed(1)} %)`;
     rows = [
-      ['95 % CI', field.ciLow ? `${fmtP(field.ciLow[i])} to ${fmtP(field.ciHigh[i])}` : 'not available'],
+      ['95 % CI', field.ci ? `${fmtP(field.ci.getX(i))} to ${fmtP(field.ci.getY(i))}` : 'not available'],
       ['Coverage', `${fmtCount(field.n[i])} nodules`],
       ['Region', data.region_names?.[String(region)] ?? (region === 0 ? 'outside the gland' : `label ${region}`)],
       ...describePosition(position),
@@ -712,7 +734,8 @@ function showPick(pick) {
   }
   const list = element('dl');
   for (const [term, value] of rows) list.append(element('dt', term), element('dd', value));
-  const hint = element('p', pick === pinned ? 'Pinned: click elsewhere to release.' : 'Click to pin.', 'hint');
+  const isPinned = pinned && pick.kind === pinned.kind && pick.index === pinned.index;
+  const hint = element('p', isPinned ? 'Pinned: click elsewhere to release.' : 'Click to pin.', 'hint');
   readout.replaceChildren(element('p', title, 'readout-title'), list, hint);
   readout.hidden = false;
   marker.position.copy(atlasToWorld(...position));
@@ -947,6 +970,7 @@ async function main() {
   createOrientationLabels();
   setupControls();
   setState(defaultState());
+  resizeIfNeeded();
   setPreset('anterior');
   if (location.hash.length > 1) readHash();
   render();

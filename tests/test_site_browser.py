@@ -1,0 +1,340 @@
+"""The static viewer in a real browser: Debian's Chromium (software WebGL) driven by Playwright.
+
+The site is built by ``llnm3d.site.build_site`` from the small test cohort's statistics plus a
+synthetic coloured point set, served over http (ES modules do not load from file://).
+"""
+
+import functools
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
+                 "--use-gl=angle", "--use-angle=swiftshader"]
+BACKGROUND = (0x2B, 0x30, 0x38)   # viewer.js BACKGROUND
+HOSTILE = '<b>bold</b> & <script>window.hacked = 1</script>'
+
+
+@pytest.fixture(scope="module")
+def site(stats_dir, atlas, tmp_path_factory):
+    from llnm3d.site import build_site
+
+    folder = tmp_path_factory.mktemp("browser-site")
+    rng = np.random.default_rng(3)
+    direction = rng.normal(size=(300, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    xyz = 128 + direction * [60, 40, 25]
+    colours = np.column_stack([np.full(300, 0.95), rng.uniform(0.2, 0.8, 300), np.full(300, 0.3)])
+    points_csv = folder / "points.csv"
+    np.savetxt(points_csv, np.hstack([xyz, colours]), delimiter=",", header="x,y,z,r,g,b",
+               comments="")
+    out = build_site(folder / "site", stats_dir, points_csv=points_csv, atlas=atlas,
+                     title=f"Viewer test {HOSTILE}", description=f"Description {HOSTILE}")
+    return Path(out)
+
+
+@pytest.fixture(scope="module")
+def data(site):
+    return json.loads((site / "data.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def base_url(site):
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/index.html"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (make test-slow installs it)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """A viewer page that records console errors, page errors and dialogs."""
+
+    def __init__(self, browser, url, init_script=None, block=None):
+        self.page = browser.new_page(viewport={"width": 1280, "height": 800})
+        self.problems = []
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on("dialog", lambda d: (self.problems.append(f"dialog: {d.message}"),
+                                          d.dismiss()))
+        if init_script:
+            self.page.add_init_script(init_script)
+        if block:
+            self.page.route(f"**/{block}", lambda route: route.fulfill(status=404, body=""))
+        self.open(url)
+
+    def open(self, url=None):
+        if url is None:
+            self.page.reload()
+        else:
+            self.page.goto(url)
+        self.page.wait_for_function("window.llnm3d !== undefined")
+        self.page.evaluate("window.llnm3d.ready")
+
+    def js(self, expression, arg=None):
+        return self.page.evaluate(expression, arg)
+
+    def text(self, selector):
+        return self.page.locator(selector).inner_text()
+
+    def count(self):
+        match = re.fullmatch(r"([\d,]+) of ([\d,]+) voxels shown", self.text("#shown-count"))
+        assert match, self.text("#shown-count")
+        return int(match[1].replace(",", "")), int(match[2].replace(",", ""))
+
+    def wait_for_hash(self):
+        """Wait until the debounced URL hash holds the current view."""
+        self.page.wait_for_function("""() => {
+            const v = window.llnm3d.viewState();
+            return new URLSearchParams(location.hash.slice(1)).get('thr') === v.threshold.toFixed(3)
+                && location.hash.includes(encodeURIComponent(v.camera.join(',')));
+        }""")
+
+    def screen_point_of_voxel(self, layer="field", pick="max"):
+        """Page coordinates of a visible voxel (the most probable one) or a published point."""
+        return self.js("""([layer, pick]) => {
+            const api = window.llnm3d;
+            api.render();
+            const object = layer === 'field' ? api.fieldPoints : (() => {
+                let found = null;
+                api.layers[layer].traverse((n) => { if (n.isPoints) found = n; });
+                return found;
+            })();
+            const position = object.geometry.getAttribute('position');
+            let index = 0;
+            if (pick === 'max') {
+                const prob = object.geometry.getAttribute('_prob').array;
+                for (let i = 1; i < prob.length; i += 1) if (prob[i] > prob[index]) index = i;
+            }
+            const v = new api.camera.position.constructor().fromBufferAttribute(position, index)
+                .applyMatrix4(object.matrixWorld).project(api.camera);
+            const rect = api.renderer.domElement.getBoundingClientRect();
+            return [rect.left + (v.x + 1) / 2 * rect.width, rect.top + (1 - v.y) / 2 * rect.height];
+        }""", [layer, pick])
+
+    def close(self):
+        self.page.close()
+
+
+@pytest.fixture
+def viewer(browser, base_url):
+    page = Page(browser, base_url)
+    yield page
+    page.close()
+
+
+def test_page_loads_without_errors_and_draws(viewer, data, tmp_path):
+    assert viewer.js("window.llnm3d.errors") == []
+    assert viewer.js("window.llnm3d.firstFrameMs") > 0
+    viewer.page.wait_for_timeout(100)
+    png = viewer.page.screenshot()
+    (tmp_path / "viewer.png").write_bytes(png)
+    if os.environ.get("LLNM3D_SCREENSHOT"):
+        shutil.copyfile(tmp_path / "viewer.png", os.environ["LLNM3D_SCREENSHOT"])
+    from PIL import Image
+
+    canvas = viewer.page.locator("#canvas")
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=int)
+    drawn = np.abs(pixels - BACKGROUND).max(axis=2) > 24
+    assert drawn.mean() > 0.02, f"only {drawn.mean():.1%} of the canvas differs from the background"
+    assert viewer.problems == []
+
+
+def test_probability_field_is_one_draw_call(viewer, data):
+    calls = viewer.js("""() => {
+        const api = window.llnm3d;
+        const hidden = [];
+        api.scene.traverse((n) => {
+            if ((n.isMesh || n.isPoints || n.isLine) && n !== api.fieldPoints && n.visible) {
+                n.visible = false; hidden.push(n);
+            }
+        });
+        api.render();
+        const result = [api.renderer.info.render.calls, api.renderer.info.render.points];
+        hidden.forEach((n) => { n.visible = true; });
+        return result;
+    }""")
+    assert viewer.js("window.llnm3d.fieldPoints.material.type") == "ShaderMaterial"
+    assert calls == [1, data["points"]]
+
+
+def test_legend_shows_the_probability_range_and_min_cases(viewer, data):
+    low, high = data["probability_range"]
+    legend = viewer.text("#legend")
+    assert f"{low:.3f}" in legend and f"{high:.3f}" in legend
+    assert "LLNM probability" in legend
+    assert f"fewer than {data['min_cases']} nodules" in legend
+
+
+def test_threshold_and_coverage_sliders_change_the_shown_count(viewer, data):
+    shown, total = viewer.count()
+    assert shown == total == data["points"] == viewer.js("window.llnm3d.shownCount()")
+    threshold = viewer.page.locator("#threshold")
+    threshold.focus()
+    for _ in range(20):
+        threshold.press("ArrowRight")
+    fewer, _ = viewer.count()
+    assert 0 <= fewer < shown
+    assert fewer == viewer.js("window.llnm3d.shownCount()")
+    threshold.press("Home")
+    coverage = viewer.page.locator("#coverage")
+    coverage.focus()
+    coverage.press("End")
+    assert viewer.count()[0] < shown
+    assert viewer.problems == []
+
+
+def test_hover_and_click_show_a_readout(viewer, data):
+    x, y = viewer.screen_point_of_voxel()
+    viewer.page.mouse.move(x, y)
+    readout = viewer.page.locator("#readout")
+    readout.wait_for(state="visible")
+    text = readout.inner_text()
+    low, high = data["probability_range"]
+    probability = float(re.search(r"LLNM probability (\d\.\d{3})", text)[1])
+    assert low - 1e-3 <= probability <= high + 1e-3
+    assert re.search(r"95 % CI\s+(\d\.\d{3}) to (\d\.\d{3})", text)
+    coverage = int(re.search(r"Coverage\s+(\d+) nodules", text)[1])
+    assert coverage >= data["min_cases"]
+    names = list(data["region_names"].values()) + ["outside the gland"]
+    assert any(name in text for name in names), text
+    assert re.search(r"mm (left|right), [\d.]+ mm (anterior|posterior), [\d.]+ mm "
+                     r"(superior|inferior)", text)
+    viewer.page.mouse.click(x, y)
+    assert "Pinned" in readout.inner_text()
+    viewer.page.mouse.move(5, 5)
+    assert readout.is_visible()
+
+    px, py = viewer.screen_point_of_voxel("published_points", pick="first")
+    viewer.page.mouse.move(px, py)
+    viewer.page.wait_for_function(
+        "document.querySelector('#readout').textContent.includes('Published point')")
+    assert "colour only" in readout.inner_text()
+    assert viewer.problems == []
+
+
+def test_url_hash_round_trips_the_view(viewer):
+    page = viewer.page
+    canvas = page.locator("#canvas")
+    canvas.focus()
+    canvas.press("2")          # left lateral
+    canvas.press("ArrowLeft")  # rotate
+    canvas.press("+")          # zoom in
+    threshold = page.locator("#threshold")
+    threshold.focus()
+    for _ in range(8):
+        threshold.press("ArrowRight")
+    page.locator("#clip-x-min").focus()
+    for _ in range(6):
+        page.keyboard.press("ArrowRight")
+    page.locator("#layer-capsule").uncheck()
+    page.locator("#cmap").select_option("viridis")
+    page.locator("#opacity").focus()
+    page.keyboard.press("ArrowLeft")
+    viewer.wait_for_hash()
+    before = viewer.js("window.llnm3d.viewState()")
+    assert "capsule" not in before["layers"] and before["cmap"] == "viridis"
+    viewer.open()
+    after = viewer.js("window.llnm3d.viewState()")
+    assert np.allclose(after.pop("camera"), before.pop("camera"), atol=0.05)
+    assert after == before
+    assert not page.locator("#layer-capsule").is_checked()
+    assert page.locator("#cmap").input_value() == "viridis"
+    assert viewer.problems == []
+
+
+def test_keyboard_presets_and_focusable_controls(viewer):
+    page = viewer.page
+    canvas = page.locator("#canvas")
+    assert canvas.get_attribute("tabindex") == "0"
+    canvas.focus()
+    views = {}
+    for key in "1234":
+        canvas.press(key)
+        camera = viewer.js("window.llnm3d.viewState().camera")
+        views[key] = np.subtract(camera[:3], camera[3:])
+    # three.js world: +x patient left, +y superior, +z anterior.
+    assert views["1"][2] > 0 and abs(views["1"][0]) < 0.05
+    assert views["2"][0] > 0 and views["3"][0] < 0
+    assert views["4"][1] > 0
+    distance = np.linalg.norm(views["4"])
+    canvas.press("-")
+    camera = viewer.js("window.llnm3d.viewState().camera")
+    assert np.linalg.norm(np.subtract(camera[:3], camera[3:])) > distance
+    labelled = [("slider", "Show probability"), ("slider", "Minimum coverage"),
+                ("combobox", "Colour map"), ("slider", "Capsule opacity"), ("slider", "z to"),
+                ("checkbox", "Probability field"), ("button", "Anterior"),
+                ("button", "Save PNG")]
+    for role, name in labelled:
+        assert page.get_by_role(role, name=re.compile(name)).count() >= 1, (role, name)
+    page.locator("body").focus()
+    reached = set()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        reached.add(viewer.js("document.activeElement.id"))
+    assert {"screenshot", "threshold", "coverage", "cmap", "layer-field", "clip-x-min"} <= reached
+
+
+def test_data_text_is_shown_literally(viewer):
+    assert viewer.js("window.hacked") is None
+    assert HOSTILE in viewer.text("h1")
+    assert viewer.js("document.querySelector('h1 b, #description b, main script')") is None
+    regions = viewer.text("#table-regions")
+    assert "suppressed (<" in regions or re.search(r"\d\.\d{3}", regions)
+
+
+def test_screenshot_button_downloads_a_png(viewer):
+    with viewer.page.expect_download() as download:
+        viewer.page.locator("#screenshot").click()
+    path = download.value.path()
+    from PIL import Image
+
+    image = Image.open(path)
+    assert image.format == "PNG" and image.size[0] >= 800
+
+
+def test_messages_for_missing_webgl_and_missing_assets(browser, base_url, data):
+    no_webgl = Page(browser, base_url, init_script="""
+        const original = HTMLCanvasElement.prototype.getContext;
+        HTMLCanvasElement.prototype.getContext = function (kind, ...rest) {
+            return kind.startsWith('webgl') ? null : original.call(this, kind, ...rest);
+        };""")
+    assert "WebGL" in no_webgl.text("#messages")
+    assert no_webgl.text("#table-regions")   # the tables still work
+    assert no_webgl.js("window.llnm3d.renderer") is None
+    no_webgl.close()
+
+    missing = Page(browser, base_url, block="assets/capsule.glb")
+    assert "Could not load" in missing.text("#messages")
+    assert missing.js("window.llnm3d.fieldPoints") is not None
+    assert missing.count()[1] == data["points"]
+    missing.close()
