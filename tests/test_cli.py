@@ -11,7 +11,8 @@ from llnm3d.cli import app
 
 runner = CliRunner()
 COMMANDS = ["atlas", "phantom", "section", "check-manifest", "contact-sheet", "features",
-            "train", "heatmap", "register", "demo"]
+            "train", "heatmap", "register", "aggregate", "export", "build-site", "serve",
+            "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -109,6 +110,7 @@ def test_demo_runs_and_is_idempotent(tmp_path):
     assert summary["patients"] == 3 and summary["images"] == 2 * summary["nodules"]
     assert sum(summary["registration_status"].values()) == summary["nodules"]
     assert summary["registration_centre_error_mm"]["median"] < 3.0
+    assert (tmp_path / "site" / "index.html").is_file() and "llnm3d serve" in first.output
     second = runner.invoke(app, args)
     assert second.exit_code == 0
     assert json.loads((tmp_path / "summary.json").read_text()) == summary

@@ -1,5 +1,6 @@
 """The examples and figure script run end to end (slow: they render and generate cohorts)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,16 @@ def test_spatial_analysis_walkthrough_runs(tmp_path):
     for name in ("capsule_distance.png", "probability_slices.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     assert (tmp_path / "stats" / "probability.nii.gz").is_file()
+
+
+@pytest.mark.slow
+def test_cli_walkthrough_for_an_own_cohort_runs(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(EXAMPLES / "own_cohort.sh"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "no thyroid mask, so the view cannot be registered" in result.stderr
+    assert "exit code 1" in result.stdout and "0 failed" in result.stdout
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert sorted(p.name for p in (tmp_path / "gltf").glob("*.glb")) == [
+        "capsule.glb", "field.glb", "isosurfaces.glb"]

@@ -4,6 +4,7 @@ The site is built by ``llnm3d.site.build_site`` from the small test cohort's sta
 synthetic coloured point set, served over http (ES modules do not load from file://).
 """
 
+import contextlib
 import functools
 import http.server
 import io
@@ -51,19 +52,27 @@ def data(site):
     return json.loads((site / "data.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def base_url(site):
+@contextlib.contextmanager
+def serve(folder):
+    """The folder over http on a free local port; yields the URL of its index.html."""
     class QuietHandler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/index.html"
-    server.shutdown()
-    server.server_close()
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/index.html"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def base_url(site):
+    with serve(site) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -338,3 +347,25 @@ def test_messages_for_missing_webgl_and_missing_assets(browser, base_url, data):
     assert missing.js("window.llnm3d.fieldPoints") is not None
     assert missing.count()[1] == data["points"]
     missing.close()
+
+
+def test_empty_field_and_points_only_sites(browser, site, stats_dir, atlas, tmp_path):
+    """A site whose minimum hides every voxel shows the surface and says why; a site of the
+    published points alone works without field controls."""
+    from llnm3d.site import build_site
+
+    empty = build_site(tmp_path / "empty", stats_dir, atlas=atlas, min_cases=10**6)
+    points_only = build_site(tmp_path / "points", points_csv=site.parent / "points.csv",
+                             atlas=atlas)
+    for folder, layer in ((empty, "capsule"), (points_only, "published_points")):
+        with serve(folder) as url:
+            page = Page(browser, url)
+            assert page.js("window.llnm3d.fieldPoints") is None
+            assert page.page.locator(f"#layer-{layer}").is_checked()
+            assert not page.page.locator("#field-controls").is_visible()
+            assert not page.page.locator("#legend").is_visible()
+            if folder == empty:
+                assert "No voxel has at least 1,000,000 nodules" in page.text("#messages")
+            else:
+                assert page.text("#messages") == "" and page.problems == []
+            page.close()

@@ -125,7 +125,7 @@ function probabilityRange() {
 const COLUMN_LABELS = {
   region: 'Region', label: 'Label', bin: 'Distance to capsule', low_mm: 'From (mm)',
   high_mm: 'To (mm)', nodules: 'Nodules', events: 'LLNM', risk: 'Risk',
-  mean_model_probability: 'Mean model probability', half: 'Half',
+  mean_model_probability: 'Model mean', half: 'Half',
 };
 const PROBABILITY_COLUMNS = new Set(['risk', 'ci_low', 'ci_high', 'mean_model_probability',
   'probability', 'proportion']);
@@ -137,11 +137,54 @@ function element(tag, text, className) {
   return node;
 }
 
-function formatCell(column, value, suppressed) {
-  if (value === null || value === undefined) return suppressed;
+const missing = (value) => value === null || value === undefined;
+
+function formatValue(column, value) {
   if (typeof value !== 'number') return String(value);
   if (PROBABILITY_COLUMNS.has(column)) return fmtP(value);
   return Number.isInteger(value) ? fmtCount(value) : value.toFixed(1);
+}
+
+// Table columns as shown: events with nodules ("30 / 59") and risk with its interval, so the
+// tables fit beside the 3D view. Each column gives a header and the cell's text parts.
+function tableColumns(columns) {
+  const at = Object.fromEntries(columns.map((c, i) => [c, i]));
+  const withEvents = 'events' in at && 'nodules' in at;
+  const withCi = 'risk' in at && 'ci_low' in at && 'ci_high' in at;
+  const merged = new Set([...(withEvents ? ['events'] : []), ...(withCi ? ['ci_low', 'ci_high'] : [])]);
+  return columns.filter((c) => !merged.has(c)).map((c) => {
+    if (c === 'nodules' && withEvents) {
+      return {
+        header: 'LLNM / nodules', keys: [at.nodules, at.events],
+        parts: (row) => [`${fmtCount(row[at.events])} / ${fmtCount(row[at.nodules])}`],
+      };
+    }
+    if (c === 'risk' && withCi) {
+      return {
+        header: 'Risk (95 % CI)', keys: [at.risk, at.ci_low, at.ci_high],
+        parts: (row) => [fmtP(row[at.risk]), `${fmtP(row[at.ci_low])}\u2013${fmtP(row[at.ci_high])}`],
+      };
+    }
+    return {
+      header: COLUMN_LABELS[c] ?? c.replaceAll('_', ' '), keys: [at[c]],
+      parts: (row) => [formatValue(c, row[at[c]])],
+    };
+  });
+}
+
+function tableCell(column, row, isHeader) {
+  const cell = element(isHeader ? 'th' : 'td');
+  if (isHeader) cell.scope = 'row';
+  if (column.keys.some((k) => missing(row[k]))) {
+    cell.textContent = 'suppressed';
+    cell.className = 'suppressed';
+    return cell;
+  }
+  const [main, detail] = column.parts(row);
+  cell.append(main);
+  if (detail) cell.append(element('span', detail, 'detail'));
+  if (typeof row[column.keys[0]] === 'number') cell.className = 'num';
+  return cell;
 }
 
 function fillTable(table, spec, caption) {
@@ -150,32 +193,23 @@ function fillTable(table, spec, caption) {
     table.closest('section').hidden = true;
     return;
   }
-  const suppressed = `suppressed (< ${data.min_cases} nodules)`;
-  const columns = spec.columns;
-  const low = columns.indexOf('ci_low');
-  const high = columns.indexOf('ci_high');
-  const shown = columns.map((c, i) => i).filter((i) => i !== low && i !== high);
+  const columns = tableColumns(spec.columns);
   table.append(element('caption', caption, 'visually-hidden'));
   const head = table.createTHead().insertRow();
-  for (const i of shown) {
-    head.append(element('th', COLUMN_LABELS[columns[i]] ?? columns[i].replaceAll('_', ' ')));
-    if (columns[i] === 'risk' && low >= 0 && high >= 0) head.append(element('th', '95 % CI'));
-  }
+  for (const column of columns) head.append(element('th', column.header));
   for (const th of head.cells) th.scope = 'col';
   const body = table.createTBody();
   for (const row of spec.rows) {
     const tr = body.insertRow();
-    for (const i of shown) {
-      const cell = element(i === shown[0] ? 'th' : 'td', formatCell(columns[i], row[i], suppressed));
-      if (i === shown[0]) cell.scope = 'row';
-      if (row[i] === null || row[i] === undefined) cell.className = 'suppressed';
-      else if (typeof row[i] === 'number') cell.className = 'num';
-      tr.append(cell);
-      if (columns[i] === 'risk' && low >= 0 && high >= 0) {
-        const missing = row[low] === null || row[high] === null;
-        const ci = missing ? suppressed : `${fmtP(row[low])}\u2013${fmtP(row[high])}`;
-        tr.append(element('td', ci, missing ? 'suppressed' : 'num'));
-      }
+    // A row whose every value after its leading labels is suppressed gets one note.
+    const labels = row.findIndex((value) => typeof value !== 'string');
+    const suppressed = labels > 0 && row.slice(labels).every(missing);
+    const shown = suppressed ? columns.filter((column) => column.keys[0] < labels) : columns;
+    shown.forEach((column, i) => tr.append(tableCell(column, row, i === 0)));
+    if (suppressed) {
+      const note = element('td', `suppressed (< ${data.min_cases} nodules)`, 'suppressed');
+      note.colSpan = columns.length - shown.length;
+      tr.append(note);
     }
   }
 }
@@ -256,11 +290,17 @@ async function loadLayer(loader, spec) {
   const gltf = await loader.loadAsync(spec.file);
   const root = gltf.scene;
   root.name = spec.id;
+  if (spec.id === 'field') {
+    field = setupField(root);
+    if (!field) return;  // an empty field (no voxel reached min_cases) gets no layer
+    api.fieldPoints = field.points;
+  } else if (spec.id === 'capsule' || spec.id === 'isosurfaces') {
+    setupSurfaces(spec.id, root);
+  } else if (spec.id === 'published_points') {
+    setupPublished(root);
+  }
   scene.add(root);
   layers[spec.id] = root;
-  if (spec.id === 'field') setupField(root);
-  else if (spec.id === 'capsule' || spec.id === 'isosurfaces') setupSurfaces(spec.id, root);
-  else if (spec.id === 'published_points') setupPublished(root);
 }
 
 function findPoints(root) {
@@ -271,7 +311,7 @@ function findPoints(root) {
 
 function setupField(root) {
   const points = findPoints(root);
-  if (!points) return;
+  if (!points) return null;
   const geometry = points.geometry;
   const attr = (name) => geometry.getAttribute(name)?.array;
   const count = geometry.getAttribute('position').count;
@@ -296,11 +336,10 @@ function setupField(root) {
     vertexShader: FIELD_VERTEX,
     fragmentShader: FIELD_FRAGMENT,
   });
-  field = {
+  return {
     points, count, atlas, maxN, spacing,
     prob: attr('_prob'), n, ci: geometry.getAttribute('_ci'), region: attr('_region'),
   };
-  api.fieldPoints = points;
 }
 
 // Hidden voxels are moved outside the clip volume, so they cost no fragments.
@@ -962,7 +1001,7 @@ async function main() {
     }
   });
   if (data.points === 0) {
-    showMessage(`No voxel has at least ${data.min_cases} nodules, so the probability field is `
+    showMessage(`No voxel has at least ${fmtCount(data.min_cases)} nodules, so the probability field is `
       + 'empty; the other layers are shown.');
   }
   computeBounds();
