@@ -217,8 +217,8 @@ def _write_site(work: Path, stats, points, atlas, title, description, levels, mi
                                "file": "assets/published_points.glb", "visible": True,
                                "count": int(len(points))})
         data["notes"].append("Published LLNM-Net points: colours as published (their scale "
-                             "was never published); positions rescaled to the atlas width "
-                             + ("and shown beside it." if stats is not None else "."))
+                             "was never published); positions rescaled to the atlas width"
+                             + (" and shown beside it." if stats is not None else "."))
     data["description"] = description if description is not None else _describe(data)
     write_text(work / "data.json", to_json(data))
     return data

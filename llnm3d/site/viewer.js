@@ -54,11 +54,13 @@ let controls = null;
 let field = null;        // the probability field and its attribute arrays, or null
 let glandBox = null;     // atlas-mm bounds of the gland (capsule, else field, else everything)
 let marker = null;
+let publishedTag = null;  // caption above the published point set: its world anchor and node
 let pinned = null;       // pick the user clicked, shown when the pointer is elsewhere
 let renderQueued = false;
 let hashTimer = 0;
 const layers = {};       // layer id -> THREE.Object3D
 let colourMaps = {};     // name -> [[r, g, b] 0-255, ...]
+let lutMap = null;       // the colour map now in the LUT texture
 const clipPlanes = AXES.flatMap(() => [new THREE.Plane(), new THREE.Plane()]);
 const lut = new THREE.DataTexture(new Uint8Array(256 * 4), 256, 1);
 const state = {
@@ -84,7 +86,7 @@ function loadColourMaps() {
     .filter(([, stops]) => Array.isArray(stops) && stops.length >= 2)
     .map(([name, stops]) => [name, stops.map((rgb) => rgb.map((c) => Math.round(255 * c)))]);
   const fallback = Object.entries(FALLBACK_MAPS)
-    .map(([name, stops]) => [name, stops.map((hex) => [(hex >> 16) & 255, (hex >> 8) & 255, hex & 255])]);
+    .map(([name, stops]) => [name, stops.map((hex) => [hex >> 16, (hex >> 8) & 255, hex & 255])]);
   colourMaps = Object.fromEntries(fromData.length ? fromData : fallback);
 }
 
@@ -99,19 +101,42 @@ function colourAt(name, t) {
 const cssColour = (rgb) => `rgb(${rgb.join(',')})`;
 
 function applyColourMap() {
+  if (lutMap === state.cmap) return;
+  lutMap = state.cmap;
   const bytes = lut.image.data;
   for (let i = 0; i < 256; i += 1) {
     bytes.set([...colourAt(state.cmap, i / 255), 255], 4 * i);
   }
   lut.needsUpdate = true;
-  const stops = [0, 0.25, 0.5, 0.75, 1].map((t) => `${cssColour(colourAt(state.cmap, t))} ${t * 100}%`);
+  const stops = Array.from({ length: 9 }, (_, i) => i / 8)
+    .map((t) => `${cssColour(colourAt(state.cmap, t))} ${t * 100}%`);
   $('legend-bar').style.background = `linear-gradient(to right, ${stops.join(', ')})`;
   const [lo, hi] = probabilityRange();
+  recolourCapsule(lo, hi);
   layers.isosurfaces?.traverse((node) => {
     if (node.isMesh) {
       const level = node.userData.level ?? lo;
-      node.material.color.setStyle(cssColour(colourAt(state.cmap, (level - lo) / (hi - lo || 1))));
+      const rgb = colourAt(state.cmap, (level - lo) / (hi - lo || 1));
+      node.material.color.setStyle(cssColour(rgb));
     }
+  });
+}
+
+// The capsule's vertex colours follow the chosen map (from its _prob, -1 where undefined), so
+// the surface and the legend agree; glTF vertex colours are linear, hence the conversion.
+function recolourCapsule(lo, hi) {
+  const colour = new THREE.Color();
+  layers.capsule?.traverse((node) => {
+    const prob = node.isMesh && node.geometry.getAttribute('_prob');
+    if (!prob) return;
+    const colours = new Float32Array(3 * prob.count);
+    for (let i = 0; i < prob.count; i += 1) {
+      const p = prob.getX(i);
+      if (p < 0) colour.set(TISSUE);
+      else colour.setStyle(cssColour(colourAt(state.cmap, (p - lo) / (hi - lo))));
+      colour.toArray(colours, 3 * i);
+    }
+    node.geometry.setAttribute('color', new THREE.BufferAttribute(colours, 3));
   });
 }
 
@@ -151,7 +176,8 @@ function tableColumns(columns) {
   const at = Object.fromEntries(columns.map((c, i) => [c, i]));
   const withEvents = 'events' in at && 'nodules' in at;
   const withCi = 'risk' in at && 'ci_low' in at && 'ci_high' in at;
-  const merged = new Set([...(withEvents ? ['events'] : []), ...(withCi ? ['ci_low', 'ci_high'] : [])]);
+  const merged = new Set([withEvents && 'events', withCi && 'ci_low', withCi && 'ci_high']
+    .filter(Boolean));
   return columns.filter((c) => !merged.has(c)).map((c) => {
     if (c === 'nodules' && withEvents) {
       return {
@@ -162,7 +188,8 @@ function tableColumns(columns) {
     if (c === 'risk' && withCi) {
       return {
         header: 'Risk (95 % CI)', keys: [at.risk, at.ci_low, at.ci_high],
-        parts: (row) => [fmtP(row[at.risk]), `${fmtP(row[at.ci_low])}\u2013${fmtP(row[at.ci_high])}`],
+        parts: (row) => [fmtP(row[at.risk]),
+          `${fmtP(row[at.ci_low])}\u2013${fmtP(row[at.ci_high])}`],
       };
     }
     return {
@@ -269,8 +296,8 @@ function createScene() {
   canvas.id = 'canvas';
   canvas.tabIndex = 0;
   canvas.setAttribute('role', 'img');
-  canvas.setAttribute('aria-label', '3D view of the LLNM probability field; keyboard: arrows rotate, '
-    + 'Shift+arrows pan, plus and minus zoom, 1 to 4 preset views');
+  canvas.setAttribute('aria-label', '3D view of the LLNM probability field; keyboard: arrows '
+    + 'rotate, Shift+arrows pan, plus and minus zoom, 1 to 4 preset views, Escape unpins');
   $('view').append(canvas);
   scene = new THREE.Scene();
   camera = new THREE.PerspectiveCamera(35, 1, 1, 5000);
@@ -422,8 +449,9 @@ function computeBounds() {
   };
 }
 
-const glandCentre = () => atlasToWorld(...AXES.map((a, d) => (glandBox.min[d] + glandBox.max[d]) / 2));
-const glandSize = () => Math.max(...AXES.map((a, d) => glandBox.max[d] - glandBox.min[d]));
+const glandCentre = () => atlasToWorld(...glandBox.min.map((lo, d) => (lo + glandBox.max[d]) / 2));
+const glandExtent = () => AXES.map((a, d) => glandBox.max[d] - glandBox.min[d]);
+const glandSize = () => Math.max(...glandExtent());
 
 function addMarker() {
   const size = field?.spacing ?? 1;
@@ -442,7 +470,9 @@ function defaultState() {
   const clip = {};
   AXES.forEach((a, d) => { clip[a] = [snapDown(glandBox.min[d]), snapUp(glandBox.max[d])]; });
   const visible = {};
-  for (const spec of data.layers ?? []) if (layers[spec.id]) visible[spec.id] = Boolean(spec.visible);
+  for (const spec of data.layers ?? []) {
+    if (layers[spec.id]) visible[spec.id] = Boolean(spec.visible);
+  }
   return {
     threshold: Number($('threshold').min), coverage: Number($('coverage').min), cmap: DEFAULT_CMAP,
     opacity: DEFAULT_OPACITY, capsuleColour: false, clip, layers: visible,
@@ -477,14 +507,13 @@ function applyState() {
     u.uCoverage.value = state.coverage;
     u.uClipMin.value.set(...AXES.map((a) => state.clip[a][0] - CLIP_EPS_MM));
     u.uClipMax.value.set(...AXES.map((a) => state.clip[a][1] + CLIP_EPS_MM));
-    $('shown-count').textContent = `${fmtCount(countShown())} of ${fmtCount(field.count)} voxels shown`;
+    const shown = `${fmtCount(countShown())} of ${fmtCount(field.count)} voxels shown`;
+    $('shown-count').textContent = shown;
   }
   AXES.forEach((a, d) => {
     const [lo, hi] = state.clip[a];
-    const axis = [0, 0, 0];
-    // World planes keep the side where normal . p + constant >= 0; atlas (x, y, z) is world (x, -z, y).
-    axis[d] = 1;
-    const normal = atlasToWorld(...axis);
+    // A plane keeps the side where normal . p + constant >= 0 (world coordinates).
+    const normal = atlasToWorld(...AXES.map((b, e) => Number(e === d)));
     clipPlanes[2 * d].set(normal, -(lo - CLIP_EPS_MM));
     clipPlanes[2 * d + 1].set(normal.clone().negate(), hi + CLIP_EPS_MM);
     $(`clip-${a}-value`).textContent = `${fmtMm(lo)} to ${fmtMm(hi)} mm`;
@@ -521,9 +550,10 @@ function updateLegend() {
   $('legend-max').textContent = fmtP(hi);
   const below = Math.min(Math.max((state.threshold - lo) / (hi - lo), 0), 1);
   $('legend-below').style.width = `${100 * below}%`;
-  $('legend-note').textContent = `Voxels with fewer than ${state.coverage} nodules are not shown`
-    + `${state.coverage > data.min_cases ? ` (site minimum ${data.min_cases})` : ''}; `
-    + `${state.threshold > lo ? `probability below ${fmtP(state.threshold)} hidden (hatched).` : 'range of the shown voxels.'}`;
+  const notes = [`Voxels with fewer than ${fmtCount(state.coverage)} nodules are not shown.`];
+  if (state.threshold > lo) notes.push(`Below ${fmtP(state.threshold)} hidden (hatched).`);
+  notes.push(`The scale spans all voxels with at least ${fmtCount(data.min_cases)} nodules.`);
+  $('legend-note').textContent = notes.join(' ');
 }
 
 // ---- controls ----------------------------------------------------------------------------
@@ -558,7 +588,10 @@ function addLayerToggles() {
     const input = element('input');
     input.type = 'checkbox';
     input.id = `layer-${spec.id}`;
-    input.addEventListener('change', () => { state.layers[spec.id] = input.checked; applyState(); });
+    input.addEventListener('change', () => {
+      state.layers[spec.id] = input.checked;
+      applyState();
+    });
     label.append(input, ` ${spec.label ?? spec.id}`);
     $('layer-toggles').append(label);
   }
@@ -582,7 +615,10 @@ function bindInputs() {
       $(`clip-${a}-min`).value = String(state.clip[a][0]);
     });
   }
-  $('cmap').addEventListener('change', (event) => { state.cmap = event.target.value; applyState(); });
+  $('cmap').addEventListener('change', (event) => {
+    state.cmap = event.target.value;
+    applyState();
+  });
   $('capsule-colour').addEventListener('change', (event) => {
     state.capsuleColour = event.target.checked;
     applyState();
@@ -592,6 +628,7 @@ function bindInputs() {
   }
   $('screenshot').addEventListener('click', saveScreenshot);
   $('reset').addEventListener('click', () => {
+    pinned = null;
     setState(defaultState());
     setPreset('anterior');
   });
@@ -602,33 +639,30 @@ function bindInputs() {
   canvas.addEventListener('pointerup', onPointerUp);
   canvas.addEventListener('pointerleave', () => showPick(pinned));
   window.addEventListener('hashchange', () => { if (location.hash !== lastHash) readHash(); });
+  new ResizeObserver(requestRender).observe($('view'));
 }
 
-// Bug guard: min/max of a clip pair are clamped into order, then the inputs mirror the state.
+// Any state (defaults, a pasted hash) goes through the inputs, whose min/max/step clamp it.
 function setState(next) {
   Object.assign(state, structuredClone(next));
-  for (const a of AXES) {
-    const [lo, hi] = state.clip[a].map(Number);
-    state.clip[a] = [Math.min(lo, hi), Math.max(lo, hi)];
-  }
-  $('threshold').value = String(state.threshold);
-  state.threshold = Number($('threshold').value);
-  $('coverage').value = String(state.coverage);
-  state.coverage = Number($('coverage').value);
-  $('opacity').value = String(state.opacity);
-  state.opacity = Number($('opacity').value);
+  const mirror = (id, value) => {
+    $(id).value = String(value);
+    return Number($(id).value);
+  };
+  state.threshold = mirror('threshold', state.threshold);
+  state.coverage = mirror('coverage', state.coverage);
+  state.opacity = mirror('opacity', state.opacity);
   $('cmap').value = colourMaps[state.cmap] ? state.cmap : DEFAULT_CMAP;
   state.cmap = $('cmap').value;
+  state.capsuleColour = Boolean(state.capsuleColour);
   $('capsule-colour').checked = state.capsuleColour;
   for (const a of AXES) {
-    $(`clip-${a}-min`).value = String(state.clip[a][0]);
-    $(`clip-${a}-max`).value = String(state.clip[a][1]);
-    state.clip[a] = [Number($(`clip-${a}-min`).value), Number($(`clip-${a}-max`).value)];
+    const [lo, hi] = state.clip[a].map(Number).sort((p, q) => p - q);
+    state.clip[a] = [mirror(`clip-${a}-min`, lo), mirror(`clip-${a}-max`, hi)];
   }
   for (const id of Object.keys(layers)) {
     state.layers[id] = Boolean(state.layers[id]);
-    const input = $(`layer-${id}`);
-    if (input) input.checked = state.layers[id];
+    $(`layer-${id}`).checked = state.layers[id];
   }
   applyState();
 }
@@ -639,7 +673,7 @@ function setState(next) {
 function visibleBox() {
   const box = new THREE.Box3();
   for (const [id, root] of Object.entries(layers)) if (state.layers[id]) box.expandByObject(root);
-  if (box.isEmpty()) box.setFromCenterAndSize(glandCentre(), new THREE.Vector3().setScalar(glandSize()));
+  if (box.isEmpty()) box.setFromCenterAndSize(glandCentre(), new THREE.Vector3(...glandExtent()));
   return box;
 }
 
@@ -672,7 +706,10 @@ function onKey(event) {
     '+': () => controls.dollyOut(1.1), '=': () => controls.dollyOut(1.1),
     '-': () => controls.dollyIn(1.1), _: () => controls.dollyIn(1.1),
   };
-  if (PRESET_KEYS[event.key]) setPreset(PRESET_KEYS[event.key]);
+  if (event.key === 'Escape') {
+    pinned = null;
+    showPick(null);
+  } else if (PRESET_KEYS[event.key]) setPreset(PRESET_KEYS[event.key]);
   else if (actions[event.key]) actions[event.key]();
   else return;
   event.preventDefault();
@@ -703,7 +740,9 @@ function pickAt(clientX, clientY) {
   const published = layers.published_points && findPoints(layers.published_points);
   if (published && state.layers.published_points) {
     const hit = raycaster.intersectObject(published, false)[0];
-    if (hit) candidates.push({ kind: 'published', index: hit.index, distance: hit.distance, object: published });
+    if (hit) {
+      candidates.push({ kind: 'published', published, index: hit.index, distance: hit.distance });
+    }
   }
   candidates.sort((a, b) => a.distance - b.distance);
   return candidates[0] ?? null;
@@ -732,18 +771,28 @@ function onPointerUp(event) {
   showPick(pinned);
 }
 
-function pickPosition(pick) {
-  if (pick.kind === 'field') return Array.from(field.atlas.subarray(3 * pick.index, 3 * pick.index + 3));
-  const v = new THREE.Vector3().fromBufferAttribute(pick.object.geometry.getAttribute('position'), pick.index);
-  return worldToAtlas(v.applyMatrix4(pick.object.matrixWorld));
+function pickPosition({ kind, index, published }) {
+  if (kind === 'field') return Array.from(field.atlas.subarray(3 * index, 3 * index + 3));
+  const position = published.geometry.getAttribute('position');
+  return worldToAtlas(new THREE.Vector3().fromBufferAttribute(position, index)
+    .applyMatrix4(published.matrixWorld));
 }
+
+const fmtPoint = ([x, y, z]) => `(${fmtMm(x)}, ${fmtMm(y)}, ${fmtMm(z)}) mm`;
 
 function describePosition([x, y, z]) {
   const side = (v, neg, pos) => `${Math.abs(v).toFixed(1)} mm ${v < 0 ? neg : pos}`;
+  const sides = [side(x, 'right', 'left'), side(y, 'anterior', 'posterior'),
+    side(z, 'inferior', 'superior')];
   return [
-    ['Position', `${side(x, 'right', 'left')}, ${side(y, 'anterior', 'posterior')}, ${side(z, 'inferior', 'superior')}`],
-    ['Atlas (x, y, z)', `(${fmtMm(x)}, ${fmtMm(y)}, ${fmtMm(z)}) mm, LPS: +x left, +y posterior, +z superior`],
+    ['Position', sides.join(', ')],
+    ['Atlas (x, y, z)', `${fmtPoint([x, y, z])}, LPS: +x left, +y posterior, +z superior`],
   ];
+}
+
+function regionName(code) {
+  if (data.region_names?.[String(code)]) return data.region_names[String(code)];
+  return code === 0 ? 'outside the gland' : `label ${code}`;
 }
 
 function showPick(pick) {
@@ -758,23 +807,26 @@ function showPick(pick) {
   let rows;
   if (pick.kind === 'field') {
     const i = pick.index;
-    const region = Math.round(field.region?.[i] ?? 0);
+    const ci = field.ci ? `${fmtP(field.ci.getX(i))} to ${fmtP(field.ci.getY(i))}`
+      : 'not available';
     title = `LLNM probability ${fmtP(field.prob[i])} (${(100 * field.prob[i]).toFixed(1)} %)`;
     rows = [
-      ['95 % CI', field.ci ? `${fmtP(field.ci.getX(i))} to ${fmtP(field.ci.getY(i))}` : 'not available'],
+      ['95 % CI', ci],
       ['Coverage', `${fmtCount(field.n[i])} nodules`],
-      ['Region', data.region_names?.[String(region)] ?? (region === 0 ? 'outside the gland' : `label ${region}`)],
+      ['Region', regionName(Math.round(field.region?.[i] ?? 0))],
       ...describePosition(position),
     ];
   } else {
     title = 'Published point';
     rows = [['Value', 'colour only; the published colour scale has no numbers'],
-      ['Position', `(${fmtMm(position[0])}, ${fmtMm(position[1])}, ${fmtMm(position[2])}) mm; published units rescaled to the atlas width and placed beside it`]];
+      ['Position', `${fmtPoint(position)}: published units rescaled to the atlas width, `
+        + 'placed beside it']];
   }
   const list = element('dl');
   for (const [term, value] of rows) list.append(element('dt', term), element('dd', value));
   const isPinned = pinned && pick.kind === pinned.kind && pick.index === pinned.index;
-  const hint = element('p', isPinned ? 'Pinned: click elsewhere to release.' : 'Click to pin.', 'hint');
+  const hint = element('p', isPinned ? 'Pinned: click elsewhere or press Escape to release.'
+    : 'Click to pin.', 'hint');
   readout.replaceChildren(element('p', title, 'readout-title'), list, hint);
   readout.hidden = false;
   marker.position.copy(atlasToWorld(...position));
@@ -788,14 +840,29 @@ function createOrientationLabels() {
   for (const [letter, name] of ORIENTATION) {
     const label = element('span', letter, 'orientation-label');
     label.title = name;
-    label.dataset.letter = letter;
     $('orientation').append(label);
   }
+  if (!layers.published_points) return;
+  const spec = data.layers.find((layer) => layer.id === 'published_points');
+  const box = new THREE.Box3().setFromObject(layers.published_points);
+  const anchor = box.getCenter(new THREE.Vector3()).setY(box.max.y);
+  const node = element('span', `${spec.label ?? 'Published points'} (colour only)`, 'layer-label');
+  $('orientation').append(node);
+  publishedTag = { anchor, node };
+}
+
+// Writes only changes, so a render loop that does not move the camera leaves the DOM alone.
+const written = new WeakMap();
+function setStyle(node, property, value) {
+  const last = written.get(node) ?? {};
+  if (last[property] === value) return;
+  node.style[property] = value;
+  written.set(node, { ...last, [property]: value });
 }
 
 function updateOverlays(width, height) {
   const centre = glandCentre();
-  const half = AXES.map((a, d) => (glandBox.max[d] - glandBox.min[d]) / 2 + 0.08 * glandSize() + 2);
+  const half = glandExtent().map((extent) => extent / 2 + 0.08 * glandSize() + 2);
   const toCamera = camera.position.clone().sub(centre).normalize();
   const labels = $('orientation').children;
   ORIENTATION.forEach(([, , dir], i) => {
@@ -805,12 +872,21 @@ function updateOverlays(width, height) {
     const label = labels[i];
     // A label along the line of sight would sit on top of the gland: hide it.
     label.hidden = facing > 0.8 || p.z > 1;
-    label.style.transform = `translate(${((p.x + 1) / 2) * width}px, ${((1 - p.y) / 2) * height}px) translate(-50%, -50%)`;
+    const [x, y] = [((p.x + 1) / 2) * width, ((1 - p.y) / 2) * height];
+    const at = `translate(${x.toFixed(1)}px, ${y.toFixed(1)}px) translate(-50%, -50%)`;
+    setStyle(label, 'transform', at);
   });
+  if (publishedTag) {
+    const p = publishedTag.anchor.clone().project(camera);
+    publishedTag.node.hidden = !state.layers.published_points || p.z > 1;
+    const [x, y] = [((p.x + 1) / 2) * width, ((1 - p.y) / 2) * height];
+    const at = `translate(${x.toFixed(1)}px, ${y.toFixed(1)}px) translate(-50%, -150%)`;
+    setStyle(publishedTag.node, 'transform', at);
+  }
   const distance = camera.position.distanceTo(controls.target);
   const pxPerMm = height / (2 * distance * Math.tan(THREE.MathUtils.degToRad(camera.fov) / 2));
   const length = NICE_LENGTHS_MM.filter((mm) => mm * pxPerMm <= 140).pop() ?? NICE_LENGTHS_MM[0];
-  $('scalebar-bar').style.width = `${length * pxPerMm}px`;
+  setStyle($('scalebar-bar'), 'width', `${(length * pxPerMm).toFixed(1)}px`);
   $('scalebar-label').textContent = `${length} mm`;
 }
 
@@ -827,7 +903,8 @@ function resizeIfNeeded() {
     camera.updateProjectionMatrix();
   }
   if (field) {
-    field.points.material.uniforms.uViewportHeight.value = renderer.getDrawingBufferSize(new THREE.Vector2()).y;
+    const buffer = renderer.getDrawingBufferSize(new THREE.Vector2());
+    field.points.material.uniforms.uViewportHeight.value = buffer.y;
   }
   return [width, height];
 }
@@ -938,10 +1015,11 @@ function drawOverlays(ctx, frame) {
   };
   ctx.textBaseline = 'middle';
   ctx.textAlign = 'center';
-  ctx.font = 'bold 16px system-ui, sans-serif';
   ctx.fillStyle = '#ffffff';
   for (const label of $('orientation').children) {
     if (label.hidden) continue;
+    const style = getComputedStyle(label);
+    ctx.font = `${style.fontWeight} ${style.fontSize} system-ui, sans-serif`;
     const [x, y, w, h] = offset(label);
     ctx.fillText(label.textContent, x + w / 2, y + h / 2);
   }
@@ -997,12 +1075,13 @@ async function main() {
   loading.remove();
   results.forEach((result, i) => {
     if (result.status === 'rejected') {
-      showMessage(`Could not load ${specs[i].label ?? specs[i].id} (${specs[i].file}): ${result.reason?.message ?? result.reason}`);
+      const reason = result.reason?.message ?? result.reason;
+      showMessage(`Could not load ${specs[i].label ?? specs[i].id} (${specs[i].file}): ${reason}`);
     }
   });
   if (data.points === 0) {
-    showMessage(`No voxel has at least ${fmtCount(data.min_cases)} nodules, so the probability field is `
-      + 'empty; the other layers are shown.');
+    showMessage(`No voxel has at least ${fmtCount(data.min_cases)} nodules, so the probability `
+      + 'field is empty; the other layers are shown.');
   }
   computeBounds();
   addMarker();
@@ -1016,4 +1095,7 @@ async function main() {
   markReady();
 }
 
-main();
+main().catch((error) => {
+  showMessage(`The viewer stopped: ${error.message}`);
+  markReady();
+});
