@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright import sync_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
@@ -78,7 +78,7 @@ def base_url(site):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (make test-slow installs it)")
+        pytest.fail(f"{CHROMIUM} not installed: `make test-slow` installs it (apt-get)")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
