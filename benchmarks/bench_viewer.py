@@ -43,6 +43,7 @@ import shutil
 import statistics
 import sys
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -206,6 +207,7 @@ def write_baseline(folder: Path, site: Path, view: dict) -> None:
 
 def measure(browser, url: str, hook: str, seconds: float, shot: Path | None = None) -> dict:
     """One fresh page load (new context, empty cache): the figures of MEASURE_JS plus bytes."""
+    started = time.perf_counter()
     context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     page = context.new_page()
     page.add_init_script(FIRST_FRAME_DONE_JS % hook)
@@ -226,6 +228,7 @@ def measure(browser, url: str, hook: str, seconds: float, shot: Path | None = No
     result["files"] = sizes
     result["errors"] = errors + (page.evaluate(f"window.{hook}.errors ?? []") or [])
     context.close()
+    result["wall_s"] = time.perf_counter() - started
     return result
 
 
