@@ -37,21 +37,18 @@ Prints a Markdown table and writes it with the raw figures (``viewer.md``, ``vie
 """
 
 import argparse
-import functools
 import json
 import shutil
 import statistics
 import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from llnm3d import Atlas
 from llnm3d.export import published_points_to_atlas, read_points_csv
-from llnm3d.site import build_site
+from llnm3d.site import build_site, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT.parent / "shared" / "data" / "llnm-net-published-3d" / "points.csv"
@@ -175,19 +172,6 @@ FIRST_FRAME_DONE_JS = """(() => {
 })();"""
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-def serve(folder: Path) -> ThreadingHTTPServer:
-    """Serve ``folder`` on a free local port from a daemon thread."""
-    handler = functools.partial(QuietHandler, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def write_baseline(folder: Path, site: Path, view: dict) -> None:
     """The one-mesh-per-point page, with the site's vendored three.js, camera and canvas size."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -273,26 +257,29 @@ def run_pages(work: Path, loads: int, seconds: float) -> tuple[dict, str]:
     site = build_site(work / "llnm3d", points_csv=CSV)
     mesh_dir = work / "mesh"
     mesh_dir.mkdir(exist_ok=True)
-    servers = {"site": serve(site), "mesh": serve(mesh_dir)}
-    url = {k: f"http://127.0.0.1:{s.server_address[1]}/" for k, s in servers.items()}
-    pages = {"ours": (url["site"] + "#layers=published_points", "llnm3d"),
-             "shipped": (url["site"], "llnm3d"), "mesh": (url["mesh"], "bench")}
+    with serving(site) as site_url, serving(mesh_dir) as mesh_url, \
+            sync_playwright() as p:
+        pages = {"ours": (site_url + "#layers=published_points", "llnm3d"),
+                 "shipped": (site_url, "llnm3d"), "mesh": (mesh_url, "bench")}
+        return _measure_pages(p, pages, site, mesh_dir, loads, seconds, work)
+
+
+def _measure_pages(p, pages: dict, site: Path, mesh_dir: Path, loads: int, seconds: float,
+                   work: Path) -> tuple[dict, str]:
+    """Measure each page (url, hook name) ``loads`` times in rotated order."""
     runs = {name: [] for name in pages}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        warm_up = measure(browser, pages["ours"][0], "llnm3d", 0.1)  # not counted
-        write_baseline(mesh_dir, site, warm_up)  # same camera and canvas size
-        for load in range(loads):
-            for name in list(pages)[load % 3:] + list(pages)[:load % 3]:  # rotated order
-                address, hook = pages[name]
-                shot = work / f"{name}.png" if load == 0 else None
-                runs[name].append(measure(browser, address, hook, seconds, shot))
-                print(f"load {load + 1}/{loads} {name}: {runs[name][-1]['fps']:.1f} frames/s",
-                      file=sys.stderr)
-        version = browser.version
-        browser.close()
-    for server in servers.values():
-        server.shutdown()
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    warm_up = measure(browser, pages["ours"][0], "llnm3d", 0.1)  # not counted
+    write_baseline(mesh_dir, site, warm_up)  # same camera and canvas size
+    for load in range(loads):
+        for name in list(pages)[load % 3:] + list(pages)[:load % 3]:  # rotated order
+            address, hook = pages[name]
+            shot = work / f"{name}.png" if load == 0 else None
+            runs[name].append(measure(browser, address, hook, seconds, shot))
+            print(f"load {load + 1}/{loads} {name}: {runs[name][-1]['fps']:.1f} frames/s",
+                  file=sys.stderr)
+    version = browser.version
+    browser.close()
     return runs, version
 
 

@@ -7,20 +7,14 @@ WebGL) through Playwright, waits for the first frame and saves the page as a PNG
 """
 
 import argparse
-import functools
-import http.server
-import threading
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from llnm3d.site import serving
+
 ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
         "--use-gl=angle", "--use-angle=swiftshader"]
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 def main() -> None:
@@ -29,19 +23,15 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--hash", default="", help="view state (the page's URL hash)")
     args = parser.parse_args()
-    handler = functools.partial(QuietHandler, directory=str(args.site))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    with serving(args.site) as url:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 860})
-            url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
-            page.goto(url + (f"#{args.hash.lstrip('#')}" if args.hash else ""))
+            page.goto(url + "index.html" + (f"#{args.hash.lstrip('#')}" if args.hash else ""))
             page.wait_for_function("window.llnm3d && window.llnm3d.ready", timeout=60_000)
             page.evaluate("window.llnm3d.ready")
             page.screenshot(path=str(args.out))
             browser.close()
-        server.shutdown()
     print(args.out)
 
 

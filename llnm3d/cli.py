@@ -408,19 +408,17 @@ def serve(
     port: Annotated[int, typer.Option(help="Port on localhost.")] = 8000,
 ) -> None:
     """Serve a site on http://localhost:PORT (ES modules do not load from file://)."""
-    import functools
-    import http.server
+    import threading
+
+    from .site import serving
 
     if not (site / "index.html").is_file():
         typer.echo(f"error: {site}: no index.html; build it with `llnm3d build-site`", err=True)
         raise typer.Exit(EXIT_INPUT_ERROR)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
-        typer.echo(f"serving {site} on http://localhost:{server.server_address[1]}/ "
-                   "(Ctrl+C stops)")
+    with serving(site, port, verbose=True) as url:
+        typer.echo(f"serving {site} on {url} (Ctrl+C stops)")
         with contextlib.suppress(KeyboardInterrupt):
-            server.serve_forever()
-
+            threading.Event().wait()
 
 @app.command()
 def demo(

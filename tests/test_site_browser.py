@@ -4,20 +4,18 @@ The site is built by ``llnm3d.site.build_site`` from the small test cohort's sta
 synthetic coloured point set, served over http (ES modules do not load from file://).
 """
 
-import contextlib
-import functools
-import http.server
 import io
 import json
 import os
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from playwright import sync_api
+
+from llnm3d.site import serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -52,27 +50,10 @@ def data(site):
     return json.loads((site / "data.json").read_text())
 
 
-@contextlib.contextmanager
-def serve(folder):
-    """The folder over http on a free local port; yields the URL of its index.html."""
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/index.html"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture(scope="module")
 def base_url(site):
-    with serve(site) as url:
-        yield url
+    with serving(site) as url:
+        yield url + "index.html"
 
 
 @pytest.fixture(scope="module")
@@ -358,8 +339,8 @@ def test_empty_field_and_points_only_sites(browser, site, stats_dir, atlas, tmp_
     points_only = build_site(tmp_path / "points", points_csv=site.parent / "points.csv",
                              atlas=atlas)
     for folder, layer in ((empty, "capsule"), (points_only, "published_points")):
-        with serve(folder) as url:
-            page = Page(browser, url)
+        with serving(folder) as url:
+            page = Page(browser, url + "index.html")
             assert page.js("window.llnm3d.fieldPoints") is None
             assert page.page.locator(f"#layer-{layer}").is_checked()
             assert not page.page.locator("#field-controls").is_visible()

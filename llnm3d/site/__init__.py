@@ -8,10 +8,15 @@ CDN, no network at view time, relative paths only. The layout is in ``docs/site-
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.server
 import math
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -264,3 +269,29 @@ def site_size_bytes(site_dir: str | Path, include_vendor: bool = False) -> int:
     site_dir = Path(site_dir)
     return sum(p.stat().st_size for p in site_dir.rglob("*") if p.is_file()
                and (include_vendor or "vendor" not in p.relative_to(site_dir).parts))
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files; request lines are logged only when asked."""
+
+    verbose = False
+
+    def log_message(self, format: str, *args) -> None:
+        if self.verbose:
+            super().log_message(format, *args)
+
+
+@contextlib.contextmanager
+def serving(site_dir: str | Path, port: int = 0, verbose: bool = False) -> Iterator[str]:
+    """Serve ``site_dir`` over http on localhost from a background thread (ES modules do not
+    load from ``file://``); yield the base URL. ``port=0`` picks a free port."""
+    handler = functools.partial(type("Handler", (_Handler,), {"verbose": verbose}),
+                                directory=str(site_dir))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://localhost:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+            thread.join()
