@@ -4,16 +4,6 @@ import * as THREE from 'three';
 import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
 import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 
-// Fallback colour maps (17 sRGB stops, as llnm3d/data/colormaps.json); data.colormaps wins.
-const FALLBACK_MAPS = {
-  cividis: [0x00224e, 0x002e6a, 0x1a386f, 0x32436d, 0x434e6c, 0x535a6d, 0x61656f, 0x6f7073,
-      0x7d7c78, 0x8c8878, 0x9b9476, 0xaba072, 0xbcae6c, 0xcdbb64, 0xdec958, 0xf0d846, 0xfee838],
-  viridis: [0x440154, 0x48186a, 0x472d7b, 0x424086, 0x3b528b, 0x33638d, 0x2c728e, 0x26828e,
-      0x21918c, 0x1fa088, 0x28ae80, 0x3fbc73, 0x5ec962, 0x84d44b, 0xaddc30, 0xd8e219, 0xfde725],
-  'published orange': [0xfdd49e, 0xfdca94, 0xfdc18a, 0xfdb57e, 0xfca36e, 0xfc925e, 0xf98254,
-    0xf4734e, 0xef6447, 0xe65038, 0xdc3c28, 0xd2291a, 0xc4170f, 0xb70503, 0xa50000, 0x910000,
-    0x7f0000],
-};
 const MAP_LABELS = {
   cividis: 'Cividis (colour-blind safe)', viridis: 'Viridis',
   'published orange': 'Published orange (as the LLNM-Net page)',
@@ -81,13 +71,10 @@ window.llnm3d = api;
 
 // ---- colour maps -------------------------------------------------------------------------
 
+// The colour maps come from data.json (llnm3d/data/colormaps.json, shared with the export).
 function loadColourMaps() {
-  const fromData = Object.entries(data.colormaps ?? {})
-    .filter(([, stops]) => Array.isArray(stops) && stops.length >= 2)
-    .map(([name, stops]) => [name, stops.map((rgb) => rgb.map((c) => Math.round(255 * c)))]);
-  const fallback = Object.entries(FALLBACK_MAPS)
-    .map(([name, stops]) => [name, stops.map((hex) => [hex >> 16, (hex >> 8) & 255, hex & 255])]);
-  colourMaps = Object.fromEntries(fromData.length ? fromData : fallback);
+  colourMaps = Object.fromEntries(Object.entries(data.colormaps)
+    .map(([name, stops]) => [name, stops.map((rgb) => rgb.map((c) => Math.round(255 * c)))]));
 }
 
 function colourAt(name, t) {
