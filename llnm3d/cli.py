@@ -25,6 +25,10 @@ ResizeMasksOption = Annotated[bool, typer.Option(
 EXIT_CASES_FAILED = 1
 EXIT_INPUT_ERROR = 2
 
+AllowOutsideOption = Annotated[bool, typer.Option(
+    help="Allow manifest file paths that lead outside the manifest's folder (refused by "
+         "default).")]
+
 AtlasOption = Annotated[Optional[Path], typer.Option(
     "--atlas", help="Atlas folder (from `llnm3d atlas`); default: the bundled atlas.")]
 
@@ -144,8 +148,7 @@ def section(
 @app.command("check-manifest")
 def check_manifest(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
-    allow_outside: Annotated[bool, typer.Option(
-        help="Allow file paths outside the manifest's folder.")] = False,
+    allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Validate a manifest: columns, values, files. Lists each bad case by id."""
     from .manifest import read_manifest
@@ -163,6 +166,7 @@ def contact_sheet(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
     out: Annotated[Path, typer.Option(help="Output PNG.")],
     n: Annotated[int, typer.Option(help="Number of images.")] = 8,
+    allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Draw the first images of a manifest with thyroid (yellow) and nodule (red) outlines."""
     from .io import ensure_writable_dir
@@ -171,7 +175,7 @@ def contact_sheet(
 
     with _input_errors():
         ensure_writable_dir(out.parent)
-        draw(read_manifest(manifest), out, n=n)
+        draw(read_manifest(manifest, allow_outside=allow_outside), out, n=n)
     typer.echo(f"contact sheet written to {out}")
 
 
@@ -180,14 +184,17 @@ def features(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
     out: Annotated[Path, typer.Option(help="Output CSV (one row per image).")],
     resize_masks: ResizeMasksOption = False,
+    allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Morphology features (shape, echogenicity contrast, margin, texture) per image."""
     from .features import write_features
     from .io import ensure_writable_dir
+    from .manifest import read_manifest
 
     with _input_errors():
         ensure_writable_dir(out.parent)
-        failures = write_features(manifest, out, resize_masks=resize_masks)
+        failures = write_features(read_manifest(manifest, allow_outside=allow_outside), out,
+                                  resize_masks=resize_masks)
     typer.echo(f"features written to {out}")
     _report_failures(failures, "case")
 
@@ -207,16 +214,18 @@ def train(
              "sex) during training.")] = 0.15,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if "
                                                        "available).")] = None,
+    allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Train LLNM-Net on one view; resumes from the checkpoint in --out."""
+    from .manifest import read_manifest
     from .train import TrainSettings
     from .train import train as run
 
     with _input_errors():
-        result = run(manifest, view, out, TrainSettings(config=config, epochs=epochs,
-                                                        batch_size=batch_size,
-                                                        learning_rate=learning_rate, seed=seed,
-                                                        modality_dropout=modality_dropout),
+        settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size,
+                                 learning_rate=learning_rate, seed=seed,
+                                 modality_dropout=modality_dropout)
+        result = run(read_manifest(manifest, allow_outside=allow_outside), view, out, settings,
                      device=device)
     typer.echo(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "
                f"val AUC {result['val_auc']:.3f}; model in {out}")
@@ -236,12 +245,15 @@ def heatmap(
     layer: Annotated[str, typer.Option(
         help="GradCAM++ layer: fused (first block over both streams), last, or "
              "bidirectional (image tokens entering the last bidirectional block).")] = "fused",
+    allow_outside: AllowOutsideOption = False,
 ) -> None:
     """LLNM probability and a GradCAM++ heatmap per image (resumable)."""
     from .heatmap import compute_heatmaps
+    from .manifest import read_manifest
 
     with _input_errors():
-        result = compute_heatmaps(manifest, out, model_dir=model_dir, batch_size=batch_size,
+        result = compute_heatmaps(read_manifest(manifest, allow_outside=allow_outside), out,
+                                  model_dir=model_dir, batch_size=batch_size,
                                   device=device, resize_masks=resize_masks, layer=layer)
     typer.echo(f"{len(result.predictions)} predictions and heatmaps in {out}")
     _report_failures(result.failures, "case")
@@ -268,13 +280,16 @@ def register(
     allow_coarse_location: Annotated[bool, typer.Option(
         help="Place nodules without masks by the manifest's lobe_third and front_back columns "
              "(flagged as warnings) instead of failing them.")] = False,
+    allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Register every nodule's views onto the atlas: one 3D patch per nodule and a QC table
     (resumable)."""
+    from .manifest import read_manifest
     from .registration import register as register_cohort
 
     with _input_errors():
-        result = register_cohort(manifest, heatmaps=heatmaps, atlas=_load_atlas(atlas_path),
+        result = register_cohort(read_manifest(manifest, allow_outside=allow_outside),
+                                 heatmaps=heatmaps, atlas=_load_atlas(atlas_path),
                                  out_dir=out, transform=transform, min_weight=min_weight,
                                  allow_coarse_location=allow_coarse_location, workers=workers,
                                  scheduler=scheduler)

@@ -17,7 +17,7 @@ from skimage.measure import label, perimeter, regionprops
 from tqdm.auto import tqdm
 
 from .io import InputError, atomic_path, read_grayscale, read_mask
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, as_manifest
 
 FEATURE_NAMES = ("area_mm2", "diameter_mm", "aspect_ratio", "taller_than_wide", "echo_contrast",
                  "solidity", "convexity", "circularity", "nodule_mean", "nodule_std",
@@ -286,7 +286,8 @@ def features_table(manifest: Manifest, progress: bool = True, resize_masks: bool
     return pd.DataFrame(records, columns=["case_id", *FEATURE_NAMES]), failures
 
 
-def write_features(manifest_path: str | Path, out_csv: str | Path, progress: bool = True,
+def write_features(manifest_path: str | Path | Manifest, out_csv: str | Path,
+                   progress: bool = True,
                    resize_masks: bool = False) -> list[tuple[str, str]]:
     """Compute the features of a manifest's cohort and write them as CSV, atomically.
 
@@ -300,7 +301,7 @@ def write_features(manifest_path: str | Path, out_csv: str | Path, progress: boo
     InputError
         If the manifest itself cannot be read.
     """
-    manifest = read_manifest(manifest_path)
+    manifest = as_manifest(manifest_path)
     table, failures = features_table(manifest, progress=progress, resize_masks=resize_masks)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)

@@ -43,7 +43,7 @@ from .io import (
     safe_name,
     write_npz,
 )
-from .manifest import read_manifest
+from .manifest import Manifest, as_manifest
 from .model import LLNMNet, load_model
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
@@ -132,7 +132,7 @@ def _write_case(out_dir: Path, cases: Cases, position: int, cam_map: np.ndarray,
               view=str(row["view"]), model_version=version)
 
 
-def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
+def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
                      model_dir: str | Path | None = None, batch_size: int = 16,
                      device: str | None = None, workers: int | None = None,
                      progress: bool = True, resize_masks: bool = False,
@@ -141,7 +141,7 @@ def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
 
     Parameters
     ----------
-    manifest_path : path
+    manifest_path : path or Manifest
         Cohort manifest (DESIGN.md columns); each image needs a nodule mask.
     out_dir : path
         Output folder (layout in the module docstring).
@@ -159,7 +159,7 @@ def compute_heatmaps(manifest_path: str | Path, out_dir: str | Path,
     """
     out_dir = ensure_writable_dir(out_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    manifest = read_manifest(manifest_path)
+    manifest = as_manifest(manifest_path)
     failures = list(manifest.problems)
     all_cases = manifest.table
     done = {p.stem for p in (out_dir / "heatmaps").glob("*.npz")}

@@ -35,6 +35,8 @@ class Manifest:
         kept as they were.
     root : Path
         Folder of the manifest; paths in the table are relative to it.
+    source : Path or None
+        The manifest file it was read from.
     problems : list of (case_id, message)
         Rows left out and why.
     rejected : pandas.DataFrame
@@ -44,6 +46,7 @@ class Manifest:
 
     table: pd.DataFrame
     root: Path
+    source: Path | None = None
     problems: list[tuple[str, str]] = field(default_factory=list)
     rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["case_id", "patient_id", "nodule_id", "problem"]))
@@ -52,6 +55,12 @@ class Manifest:
         """Absolute path of a file column of a row (None where the cell is empty)."""
         value = row.get(column)
         return None if pd.isna(value) or value == "" else self.root / str(value)
+
+
+def as_manifest(source: str | Path | Manifest) -> Manifest:
+    """``source`` itself if already read, else :func:`read_manifest` of it (paths inside the
+    manifest's folder only; read it yourself with ``allow_outside=True`` to allow others)."""
+    return source if isinstance(source, Manifest) else read_manifest(source)
 
 
 def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
@@ -101,7 +110,7 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
     rejected = table.loc[left_out, ["case_id", "patient_id", "nodule_id"]].apply(
         lambda column: column.str.strip())
     rejected["problem"] = [problem for _, problem in problems]
-    return Manifest(valid.reset_index(drop=True), root, problems,
+    return Manifest(valid.reset_index(drop=True), root, path, problems,
                     rejected.reset_index(drop=True))
 
 

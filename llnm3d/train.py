@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .cases import Cases, load_cases
 from .io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
-from .manifest import read_manifest
+from .manifest import Manifest, as_manifest
 from .model import SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
 
 
@@ -162,14 +162,14 @@ def _load_checkpoint(out_dir: Path, model, optimiser) -> dict:
     return state
 
 
-def train(manifest_path: str | Path, view: str, out_dir: str | Path,
+def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
           settings: TrainSettings = TrainSettings(), device: str | None = None,
           workers: int | None = None, progress: bool = True) -> dict:
     """Train LLNM-Net on one view of a cohort; return a summary (history, best epoch, paths).
 
     Parameters
     ----------
-    manifest_path : path
+    manifest_path : path or Manifest
         Cohort manifest; rows need a 0/1 ``label``.
     view : {"transverse", "longitudinal"}
     out_dir : path
@@ -183,13 +183,13 @@ def train(manifest_path: str | Path, view: str, out_dir: str | Path,
     out_dir = ensure_writable_dir(out_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)
-    manifest = read_manifest(manifest_path)
+    manifest = as_manifest(manifest_path)
     if "split" in manifest.table:  # the whole manifest, all views, before any image is read
         split_by_patient(manifest.table, settings.val_fraction, settings.seed)
     cases = load_cases(manifest, view=view, workers=workers, progress=progress)
     labelled = cases.labels() >= 0
     if labelled.sum() < 10:
-        raise InputError(f"{manifest_path}: only {labelled.sum()} labelled {view} images")
+        raise InputError(f"{manifest.source}: only {labelled.sum()} labelled {view} images")
     train_index, val_index = split_by_patient(cases.table, settings.val_fraction, settings.seed)
     train_index = train_index[labelled[train_index]]
     val_index = val_index[labelled[val_index]]
@@ -205,7 +205,7 @@ def train(manifest_path: str | Path, view: str, out_dir: str | Path,
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=settings.learning_rate)
-    run = {"manifest": str(manifest_path), "view": view, "settings": asdict(settings),
+    run = {"manifest": str(manifest.source), "view": view, "settings": asdict(settings),
            "n_train": int(len(train_index)), "n_val": int(len(val_index))}
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "run": run}
     if (out_dir / "checkpoint.json").exists():

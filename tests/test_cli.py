@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -168,3 +169,20 @@ def test_mismatched_masks_fail_per_case_unless_resized(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "c1" in result.stderr and "shape" in result.stderr
     assert runner.invoke(app, [*args, "--resize-masks"]).exit_code == 0
+
+
+def test_paths_outside_the_cohort_folder_need_the_flag(cohort, tmp_path):
+    """A manifest one folder above its images: refused per case unless --allow-outside."""
+    manifest = pd.read_csv(cohort.out_dir / "manifest.csv").head(2)
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    for column in ("image", "thyroid_mask", "nodule_mask"):
+        manifest[column] = [os.path.relpath(cohort.out_dir / v, folder) for v in manifest[column]]
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    args = ["features", "--manifest", str(folder / "manifest.csv"), "--out",
+            str(tmp_path / "f.csv")]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "outside the cohort folder" in refused.output
+    allowed = runner.invoke(app, [*args, "--allow-outside"])
+    assert allowed.exit_code == 0, allowed.output
+    assert len(pd.read_csv(tmp_path / "f.csv")) == 2

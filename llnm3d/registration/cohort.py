@@ -39,7 +39,7 @@ from ..io import (
     write_json,
     write_npz,
 )
-from ..manifest import Manifest, read_manifest
+from ..manifest import Manifest, as_manifest
 from ..parallel import map_cases
 from .fusion import NoduleRegistration, Patch, fuse_views, grid_signature, register_nodule
 from .views import VIEWS, RegistrationError, ViewImage
@@ -469,7 +469,7 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
     Registered
         The QC table (a row per nodule, failed ones included with their reason) and patches.
     """
-    manifest = cases if isinstance(cases, Manifest) else read_manifest(cases)
+    manifest = as_manifest(cases)
     atlas = atlas or Atlas.default()
     if transform not in ("similarity", "affine"):
         raise InputError(f"unknown transform {transform!r}: similarity or affine")
