@@ -1,7 +1,7 @@
 """Cost of each stage against cohort size and atlas resolution, local processes vs Dask.
 
     python benchmarks/bench_scale.py --work DIR [--patients 500,1000,2000,4000]
-        [--workers 2] [--spacings 0.5,1.0]
+        [--workers 2] [--spacings 0.5,1.0] [--schedulers local,dask]
 
 For each cohort size: a phantom (``llnm3d phantom``), then ``llnm3d register`` (nodule masks
 only, no heatmaps, so the cost is registration's own) and ``llnm3d aggregate`` (mask weights,
@@ -80,7 +80,8 @@ def nodules_of(registered: Path) -> int:
     return int((pd.read_csv(registered / "qc.csv")["status"] != "failed").sum())
 
 
-def one_size(work: Path, patients: int, workers: int, spacings: list[float]) -> list[dict]:
+def one_size(work: Path, patients: int, workers: int, spacings: list[float],
+             schedulers: list[str]) -> list[dict]:
     folder = work / f"n{patients}"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -93,8 +94,7 @@ def one_size(work: Path, patients: int, workers: int, spacings: list[float]) -> 
     for spacing in spacings:
         atlas = folder / f"atlas-{spacing}"
         run(["atlas", "--out", atlas, "--spacing-mm", spacing], folder / "atlas.log")
-        schedulers = ("local", "dask") if spacing == 0.5 else ("local",)
-        for scheduler in schedulers:
+        for scheduler in schedulers if spacing == 0.5 else ["local"]:
             extra = ["--scheduler", "local"] if scheduler == "dask" else []
             tag = f"{spacing}-{scheduler}"
             registered = folder / f"registered-{tag}"
@@ -109,7 +109,7 @@ def one_size(work: Path, patients: int, workers: int, spacings: list[float]) -> 
                           workers, *extra], folder / f"aggregate-{tag}.log")
             rows.append({"stage": "aggregate", "patients": patients, "nodules": nodules,
                          "atlas_mm": spacing, "scheduler": scheduler, **timing})
-        if spacing == 0.5:
+        if spacing == 0.5 and "dask" in schedulers:
             local, dask = (folder / f"registered-0.5-{s}" for s in ("local", "dask"))
             identical = patch_digest(local) == patch_digest(dask) and same_maps(
                 folder / "stats-0.5-local", folder / "stats-0.5-dask")
@@ -155,12 +155,15 @@ def main() -> None:
     parser.add_argument("--patients", default="500,1000,2000,4000")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--spacings", default="0.5,1.0")
+    parser.add_argument("--schedulers", default="local,dask",
+                        help="local, dask or both (Dask runs on the 0.5 mm atlas only)")
     args = parser.parse_args()
     sizes = [int(v) for v in args.patients.split(",")]
     spacings = [float(v) for v in args.spacings.split(",")]
     rows = []
     for patients in sizes:
-        rows += one_size(args.work, patients, args.workers, spacings)
+        rows += one_size(args.work, patients, args.workers, spacings,
+                         args.schedulers.split(","))
         (args.work / "scale.json").write_text(json.dumps(rows, indent=1))
         print(f"{patients} patients done", file=sys.stderr, flush=True)
     print(f"`{' '.join(sys.argv)}` ({args.workers} workers, {psutil.cpu_count()} CPUs)\n")
