@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_viewer.py [--work DIR] [--out DIR] [--seconds 3] [--loads 3]
 
-Draws the published 3D point set (4,580 points, ``shared/data/llnm-net-published-3d``) in one
+Draws the published 3D point set (4,580 points, ``examples/llnm-net-published-3d``) in one
 run, on one machine, in Debian's Chromium (``/usr/bin/chromium``, driven by playwright, WebGL
 on SwiftShader, i.e. software rendering on the CPU), two ways, in the same 1280x800 window:
 
@@ -51,7 +51,7 @@ from llnm3d.export import published_points_to_atlas, read_points_csv
 from llnm3d.site import build_site, serving
 
 ROOT = Path(__file__).resolve().parents[1]
-CSV = ROOT.parent / "shared" / "data" / "llnm-net-published-3d" / "points.csv"
+CSV = ROOT / "examples" / "llnm-net-published-3d" / "points.csv"
 VIEWPORT = {"width": 1280, "height": 800}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
                  "--use-gl=angle", "--use-angle=swiftshader", "--disable-gpu-vsync",

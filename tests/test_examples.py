@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -69,3 +70,20 @@ def test_cli_walkthrough_for_an_own_cohort_runs(tmp_path):
     assert (tmp_path / "site" / "index.html").is_file()
     assert sorted(p.name for p in (tmp_path / "gltf").glob("*.glb")) == [
         "capsule.glb", "field.glb", "isosurfaces.glb"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_site_screenshot_example(tmp_path):
+    from llnm3d.site import build_site
+
+    site = build_site(tmp_path / "site",
+                      points_csv=EXAMPLES / "llnm-net-published-3d" / "points.csv")
+    result = subprocess.run([sys.executable, str(EXAMPLES / "site_screenshot.py"), str(site),
+                             str(tmp_path / "shot.png")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB"))
+    assert pixels.shape[:2] == (860, 1400) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50

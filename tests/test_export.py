@@ -25,7 +25,7 @@ from llnm3d.export import (
 from llnm3d.io import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = ROOT.parent / "shared" / "data" / "llnm-net-published-3d" / "points.csv"
+PUBLISHED = ROOT / "examples" / "llnm-net-published-3d" / "points.csv"
 _DTYPES = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32,
            5126: np.float32}
 _WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}

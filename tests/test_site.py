@@ -11,7 +11,7 @@ from llnm3d.io import InputError
 from llnm3d.site import build_site, site_size_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = ROOT.parent / "shared" / "data" / "llnm-net-published-3d" / "points.csv"
+PUBLISHED = ROOT / "examples" / "llnm-net-published-3d" / "points.csv"
 HOSTILE = '</title><script>alert("x")</script> & <b>bold</b>'
 
 
