@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -232,9 +232,8 @@ def export_capsule(atlas: Atlas, path: str | Path, stats: Stats | None = None, *
     if stats is not None:
         check_stats(stats)
         min_cases = min_cases_of(stats, min_cases)
-        shown = Stats({"probability": np.where(shown_voxels(stats, min_cases),
-                                               stats.volumes["probability"], np.nan)},
-                      stats.origin_mm, stats.spacing_mm, pd.DataFrame(), pd.DataFrame())
+        shown = replace(stats, volumes={"probability": np.where(
+            shown_voxels(stats, min_cases), stats.volumes["probability"], np.nan)})
         vertices, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
         probability = np.full(len(vertices), np.nan)
         for depth in _CAPSULE_PROBE_MM:
