@@ -435,6 +435,7 @@ def serve(
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
 
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),

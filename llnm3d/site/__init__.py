@@ -271,22 +271,20 @@ def site_size_bytes(site_dir: str | Path, include_vendor: bool = False) -> int:
                and (include_vendor or "vendor" not in p.relative_to(site_dir).parts))
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files; request lines are logged only when asked."""
-
-    verbose = False
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files without a log line per request (tests and benchmarks serve quietly)."""
 
     def log_message(self, format: str, *args) -> None:
-        if self.verbose:
-            super().log_message(format, *args)
+        pass
 
 
 @contextlib.contextmanager
 def serving(site_dir: str | Path, port: int = 0, verbose: bool = False) -> Iterator[str]:
     """Serve ``site_dir`` over http on localhost from a background thread (ES modules do not
-    load from ``file://``); yield the base URL. ``port=0`` picks a free port."""
-    handler = functools.partial(type("Handler", (_Handler,), {"verbose": verbose}),
-                                directory=str(site_dir))
+    load from ``file://``); yield the base URL. ``port=0`` picks a free port; ``verbose`` logs
+    each request to stderr."""
+    handler_class = http.server.SimpleHTTPRequestHandler if verbose else _QuietHandler
+    handler = functools.partial(handler_class, directory=str(site_dir))
     with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
