@@ -306,15 +306,21 @@ def aggregate(
         help="Output folder of `llnm3d register` (repeat to pool several).")],
     out: Annotated[Path, typer.Option(help="Output folder (maps, tables, summary.json).")],
     atlas_path: AtlasOption = None,
+    estimator: Annotated[str, typer.Option(
+        help="The risk map: spatial (smooth log-odds field fitted to the outcomes, footprints "
+             "of unit mass, smoothness by LAML), kernel (kernel smoother at registered "
+             "centres, bandwidth by leave-one-patient-out CV) or weighted (weighted "
+             "proportion).")] = "spatial",
     weight: Annotated[str, typer.Option(
-        help="A nodule's weight at a voxel: heatmap (fused GradCAM++) or mask (fused nodule "
-             "occupancy).")] = "heatmap",
+        help="A nodule's footprint: mask (fused nodule occupancy) or heatmap (fused "
+             "GradCAM++; weighted maps then show where the model looks).")] = "mask",
     min_cases: Annotated[int, typer.Option(
         help="Mask voxels touched by fewer nodules (like LESYMAP's minimum subjects).")] = 10,
     permutations: Annotated[int, typer.Option(
         help="Max-statistic permutations for family-wise corrected p (0: none).")] = 1000,
     covariates: Annotated[str, typer.Option(
-        help="Comma-separated confounds of the OLS test: age, sex, size.")] = "",
+        help="Comma-separated covariates of the spatial model and the OLS test: age, sex, "
+             "size, extent (log footprint voxels).")] = "",
     seed: Annotated[int, typer.Option(help="Seed of the permutations.")] = 0,
     update: Annotated[bool, typer.Option(
         help="Add nodules not yet in OUT's result to it.")] = False,
@@ -331,7 +337,7 @@ def aggregate(
     names = [c.strip() for c in covariates.split(",") if c.strip()]
     with _input_errors():
         stats = aggregate_stats(registered, atlas=_load_atlas(atlas_path), out_dir=out,
-                                weight=weight, min_cases=min_cases, permutations=permutations,
+                                estimator=estimator, weight=weight, min_cases=min_cases, permutations=permutations,
                                 covariates=names, seed=seed, update=update, workers=workers,
                                 scheduler=scheduler, device=device)
     summary = stats.summary
@@ -452,6 +458,7 @@ def demo(
     with _input_errors():
         summary = run_demo(out, n_patients=patients, seed=seed, stage=stage)
     error = summary["registration_centre_error_mm"]
+    truth = summary["map_vs_truth"]
     regions = ", ".join(f"{r['region']} {r['risk']:.0%} (n={r['nodules']})"
                         for r in summary["top_regions"])
     typer.echo(f"""
@@ -459,7 +466,7 @@ def demo(
 {summary['llnm_prevalence']:.0%}
 model AUC per nodule:          {summary['model_auc_per_nodule']}
 registration centre error:     median {error['median']} mm, 95th percentile {error['p95']} mm
-map vs planted risk (Pearson): {summary['map_vs_planted_risk_pearson_r']}
+risk map vs end-to-end truth:  Pearson {truth['pearson']}, Spearman {truth['spearman']}, 95 % intervals cover it in {truth['coverage_95']:.0%} of {truth['voxels']} voxels
 highest-risk regions:          {regions}
 site:                          {summary['site']} ({summary['site_mb_without_three_js']} MB \
 without three.js)

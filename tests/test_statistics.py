@@ -179,7 +179,9 @@ def test_bad_inputs_are_reported_not_silently_absorbed(registered, atlas, tmp_pa
     qc = registered.qc.assign(label=0.0)
     stats = aggregate(type(registered)(qc, registered.out_dir), atlas=atlas, min_cases=2,
                       permutations=10, progress=False)
-    assert "no association test" in stats.summary["notes"][0]
+    assert any("no association test" in note for note in stats.summary["notes"])
+    assert any("the weighted map is shown" in note for note in stats.summary["notes"])
+    assert stats.summary["estimator"]["name"] == "weighted"
     assert np.nanmax(stats.volumes["proportion"]) == 0 and np.isnan(stats.volumes["t"]).all()
 
     # A nodule whose patch is empty is left out and counted.
@@ -214,7 +216,12 @@ def test_covariates_enter_the_test(registered, atlas):
     plain = aggregate(registered, atlas=atlas, min_cases=2, permutations=0, progress=False)
     adjusted = aggregate(registered, atlas=atlas, min_cases=2, permutations=0,
                          covariates=["age", "sex", "size"], progress=False)
-    np.testing.assert_array_equal(plain.volumes["probability"], adjusted.volumes["probability"])
+    # Covariates adjust the spatial model and the test, not the weighted proportion.
+    np.testing.assert_array_equal(plain.volumes["mask_weighted_probability"],
+                                  adjusted.volumes["mask_weighted_probability"])
+    assert list(adjusted.summary["estimator"]["covariates"]) == ["age", "sex", "size"]
+    assert not np.allclose(plain.volumes["probability"], adjusted.volumes["probability"],
+                           equal_nan=True)
     finite = np.isfinite(plain.volumes["t"]) & np.isfinite(adjusted.volumes["t"])
     assert finite.sum() > 100
     assert not np.allclose(plain.volumes["t"][finite], adjusted.volumes["t"][finite])

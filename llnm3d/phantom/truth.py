@@ -123,3 +123,70 @@ def planted_risk_map(stats, registered, phantom_dir: str | Path, atlas: Atlas) -
     volume[domain] = planted
     volume = volume.reshape(atlas.labels.shape)
     return np.where(np.isfinite(stats.volumes["probability"]), volume, np.nan)
+
+
+# Spec covariates that describe where a nodule is; every other covariate is the nodule's own.
+_SPATIAL = {"x_mm", "y_mm", "z_mm", "abs_x_mm", "lobe", "lobe_third", "capsule_distance_mm",
+            "centre_capsule_distance_mm"}
+
+
+def truth_risk_map(spec, rows: pd.DataFrame, atlas: Atlas, max_rows: int = 400,
+                   seed: int = 0, voxels: np.ndarray | None = None) -> np.ndarray:
+    """End-to-end truth: the planted LLNM risk of a nodule centred at each atlas voxel.
+
+    Computed from the risk spec alone, without registration, the model or any estimate: at a
+    voxel ``v`` each nodule ``r`` of ``rows`` (a truth table) is moved so that its centre lies
+    at ``v``, keeping its own non-spatial covariates (size, morphology, age, sex) and its own
+    centre-to-edge depth, and the spec's risks are averaged over the nodules (Monte Carlo over
+    at most ``max_rows`` rows, drawn with ``seed``). The spatial covariates at ``v`` are its
+    atlas position, its lobe (by the sign of x) and third (nearest region label), its depth
+    below the capsule (``centre_capsule_distance_mm``) and the moved nodule's edge depth
+    ``max(depth - (centre depth - edge depth of r), 0)``. For a spec with spatial terms only,
+    every row gives the same value and the map is the spec evaluated directly.
+
+    Parameters
+    ----------
+    spec : RiskSpec
+    rows : pandas.DataFrame
+        Nodules with the spec's covariate columns and ``capsule_distance_mm``,
+        ``centre_capsule_distance_mm`` (truth.csv or :func:`~llnm3d.phantom.sample_truth`).
+    atlas : Atlas
+    voxels : ndarray of int, optional
+        Flat atlas indices to evaluate (default: every voxel within 1.5 mm of the gland).
+
+    Returns
+    -------
+    ndarray of float64, shape of the atlas
+        Risk (0-1) at the evaluated voxels, NaN elsewhere.
+    """
+    from .risk import COVARIATES
+
+    if voxels is None:
+        voxels = np.flatnonzero(atlas.capsule_distance < 1.5)
+    used = {term.get("covariate", "x_mm") for term in spec.data["terms"]}
+    if not used - _SPATIAL:
+        rows = rows.iloc[:1]
+    elif len(rows) > max_rows:
+        rows = rows.sample(max_rows, random_state=seed)
+    k, j, i = np.unravel_index(voxels, atlas.labels.shape)
+    points = atlas.voxel_to_world(np.stack([i, j, k], axis=1))
+    region = atlas.nearest_region_of(points).astype(int)
+    depth = -atlas.capsule_distance.ravel()[voxels].astype(float)
+    place = pd.DataFrame({
+        "x_mm": points[:, 0], "y_mm": points[:, 1], "z_mm": points[:, 2],
+        "abs_x_mm": np.abs(points[:, 0]),
+        "lobe": np.where(points[:, 0] < 0, "right", "left"),
+        "lobe_third": pd.Series(region % 10).map({1: "upper", 2: "middle", 3: "lower"})
+        .fillna("isthmus").to_numpy(),
+        "centre_capsule_distance_mm": depth,
+    })
+    offsets = (rows["centre_capsule_distance_mm"] - rows["capsule_distance_mm"]).to_numpy(float)
+    own = [c for c in COVARIATES if c not in _SPATIAL]
+    total = np.zeros(len(voxels))
+    for offset, (_, row) in zip(offsets, rows.iterrows()):
+        table = place.assign(capsule_distance_mm=np.maximum(depth - offset, 0.0),
+                             **{c: row[c] for c in own if c in row.index})
+        total += spec.probability(table)
+    volume = np.full(atlas.labels.size, np.nan)
+    volume[voxels] = total / len(rows)
+    return volume.reshape(atlas.labels.shape)

@@ -171,6 +171,20 @@ def build_site(out_dir: str | Path, stats_dir: str | Path | None = None, *,
     return out_dir
 
 
+def estimator_text(record: dict | None) -> str | None:
+    """One line on how the risk map was estimated, for the cohort panel."""
+    if not record:
+        return None
+    if record.get("name") == "spatial":
+        return (f"spatial log-odds model (footprints of unit mass, {record['knot_spacing_mm']:g} "
+                f"mm splines, smoothness by LAML: {record['edf']:.0f} effective degrees of "
+                "freedom; significance: simultaneous 95 % band vs the cohort rate)")
+    if record.get("name") == "kernel":
+        return (f"kernel smoother at registered centres (sigma {record['bandwidth_mm']:g} mm, "
+                "by leave-one-patient-out cross-validation)")
+    return "weighted proportion of the nodules touching each voxel"
+
+
 def _write_site(work: Path, stats, points, atlas, title, description, levels, min_cases,
                 field_spacing_mm, surface_spacing_mm, source) -> dict:
     assets = work / "assets"
@@ -190,6 +204,7 @@ def _write_site(work: Path, stats, points, atlas, title, description, levels, mi
                  "events": stats.summary.get("events"),
                  "prevalence": stats.summary.get("prevalence"), "min_cases": shown,
                  "weight": stats.summary.get("parameters", {}).get("weight"),
+                 "estimator": estimator_text(stats.summary.get("estimator")),
                  "probability_range": exported["probability_range"],
                  "coverage_range": exported["coverage_range"],
                  "field_spacing_mm": exported["field_spacing_mm"],

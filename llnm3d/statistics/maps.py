@@ -51,19 +51,46 @@ from .accumulate import (
     patch_weights,
 )
 from .inference import OLSDesign, fdr_bh, fwer_p_values, jeffreys_interval, proportion_chi2
+from .kernel import fit_kernel
+from .spatial import (
+    SplineBasis,
+    fit_spatial,
+    mean_difference,
+    risk_maps,
+    simultaneous_critical,
+)
 from .tables import DEFAULT_BINS_MM, capsule_distance_table, region_table
 
 FORMAT = "llnm3d-stats/1"
 BLOCK_SIZE = 256
-COVARIATES = {"age": "age", "sex": "sex", "size": "diameter_mm"}
+COVARIATES = {"age": "age", "sex": "sex", "size": "diameter_mm", "extent": "footprint_voxels"}
+ESTIMATORS = ("spatial", "kernel", "weighted")
+# Footprint extent "differs by outcome" when the median ratio between nodules with and without
+# LLNM is beyond this and the rank test is significant at EXTENT_ALPHA.
+EXTENT_RATIO = 1.25
+EXTENT_ALPHA = 0.01
 MAP_DESCRIPTIONS = {
     "n_nodules": "nodules touching the voxel (weight > 0)",
     "sum_weight": "summed weight of those nodules",
     "effective_n": "Kish effective number of nodules, sum(w)^2 / sum(w^2)",
-    "proportion": "weighted LLNM proportion sum(w y) / sum(w)",
-    "probability": "LLNM probability, shrunk towards the cohort prevalence",
-    "probability_ci_low": "95 % Jeffreys interval, lower bound",
-    "probability_ci_high": "95 % Jeffreys interval, upper bound",
+    "proportion": "weighted LLNM proportion sum(w y) / sum(w) (heatmap weights: where the model "
+                  "looks, not where risk is)",
+    "probability": "LLNM risk map of the chosen estimator (summary.json: estimator)",
+    "probability_ci_low": "its pointwise 95 % interval, lower bound",
+    "probability_ci_high": "its pointwise 95 % interval, upper bound",
+    "log_odds": "spatial model: log-odds field f of the risk map",
+    "log_odds_se": "spatial model: posterior standard error of f",
+    "probability_above_rate": "spatial model: posterior probability that the risk exceeds the "
+                              "cohort rate",
+    "significance": "spatial model: +1 / -1 where the simultaneous 95 % band lies wholly above / "
+                    "below the cohort rate (family-wise), 0 elsewhere",
+    "mask_weighted_probability": "mask-weighted proportion shrunk towards the prevalence",
+    "mask_weighted_probability_ci_low": "its 95 % Jeffreys interval, lower bound",
+    "mask_weighted_probability_ci_high": "its 95 % Jeffreys interval, upper bound",
+    "saliency_weighted_probability": "heatmap-weighted proportion shrunk towards the "
+                                     "prevalence: where the model looks, not where risk is",
+    "saliency_weighted_probability_ci_low": "its 95 % Jeffreys interval, lower bound",
+    "saliency_weighted_probability_ci_high": "its 95 % Jeffreys interval, upper bound",
     "mean_model_probability": "weighted mean LLNM-Net probability",
     "mean_saliency": "mean fused heatmap value of the nodules touching the voxel",
     "chi2": "Pearson chi-square, touched/not x LLNM/not",
@@ -192,6 +219,8 @@ def _select_nodules(registered: list[Registered], weight: str, covariates: list[
     excluded["missing outcome"] = int(missing.sum())
     qc = qc[~missing]
     for name in covariates:
+        if name == "extent":
+            continue  # measured from the footprints, never missing
         column = COVARIATES[name]
         values = qc[column].replace("", np.nan)
         gone = values.isna()
@@ -206,6 +235,8 @@ def _covariate_matrix(nodules: pd.DataFrame, covariates: list[str]) -> np.ndarra
     columns = []
     for name in covariates:
         values = nodules[COVARIATES[name]]
+        if name == "extent":
+            values = np.log(values.astype(float))  # the lesion-volume covariate, on a log scale
         columns.append((values == "M").astype(float) if name == "sex" else values.astype(float))
     return np.stack(columns, axis=1)
 
@@ -217,14 +248,15 @@ def _resume_state(out_dir: Path, params: dict) -> tuple[Accumulator | None, bool
         return None, False
     state, saved = Accumulator.load(path)
     if saved.get("parameters") != params:
-        raise InputError(f"{out_dir} holds statistics made with other parameters (weight, "
-                         "atlas, min-cases, permutations, covariates, seed, prior); use a new "
-                         "folder")
+        raise InputError(f"{out_dir} holds statistics made with other parameters (estimator, "
+                         "weight, atlas, min-cases, permutations, covariates, seed, prior); use "
+                         "a new folder")
     return state, bool(saved.get("complete"))
 
 
 def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None = None,
-              weight: str = "heatmap", min_cases: int = 10, permutations: int = 1000,
+              estimator: str = "spatial", weight: str = "mask", min_cases: int = 10,
+              permutations: int = 1000,
               covariates: list[str] | tuple[str, ...] = (), seed: int = 0,
               prior_strength: float = 2.0, bins_mm=DEFAULT_BINS_MM, update: bool = False,
               workers: int | None = None, scheduler: str | None = None,
@@ -239,14 +271,23 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
         The atlas the nodules were registered on (default: :meth:`Atlas.default`).
     out_dir : path, optional
         Output folder (layout in the module docstring); resumable. Required with ``update``.
-    weight : {"heatmap", "mask"}
-        A nodule's weight at a voxel: its fused heatmap or its fused nodule occupancy.
+    estimator : {"spatial", "kernel", "weighted"}
+        The risk map written as ``probability``: the spatial risk model
+        (:mod:`.spatial`, footprints normalised to unit mass, smoothness by LAML), a kernel
+        smoother of the outcomes at the registered centres (:mod:`.kernel`, bandwidth by
+        leave-one-patient-out CV) or the weighted proportion. The weighted maps are always
+        written too, named by their weight.
+    weight : {"mask", "heatmap"}
+        A nodule's footprint: its fused nodule occupancy or its fused heatmap. Weights the
+        weighted maps and the voxelwise tests; the spatial model normalises it to unit mass.
     min_cases : int
         Voxels touched by fewer nodules are masked and not tested.
     permutations : int
         Max-statistic permutations for family-wise p (0: none).
-    covariates : subset of {"age", "sex", "size"}
-        Confounds of the OLS test (Freedman-Lane permutations).
+    covariates : subset of {"age", "sex", "size", "extent"}
+        Confounds of the OLS test (Freedman-Lane permutations) and adjusting covariates of
+        the spatial model; ``extent`` is the log number of voxels of the footprint (the
+        lesion-volume correction of lesion-symptom mapping).
     seed : int
         Seed of the permutations (recorded).
     prior_strength : float
@@ -263,6 +304,8 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
     """
     if weight not in ("heatmap", "mask"):
         raise InputError(f"unknown weight {weight!r}: heatmap or mask")
+    if estimator not in ESTIMATORS:
+        raise InputError(f"unknown estimator {estimator!r}: {', '.join(ESTIMATORS)}")
     unknown = sorted(set(covariates) - set(COVARIATES))
     if unknown:
         raise InputError(f"unknown covariate(s) {', '.join(unknown)}: choose from "
@@ -277,7 +320,8 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
     sources = [r if isinstance(r, Registered) else load_registered(r) for r in sources]
     nodules, excluded = _select_nodules(sources, weight, covariates, atlas)
 
-    params = {"weight": weight, "atlas": grid_signature(atlas), "min_cases": min_cases,
+    params = {"estimator": estimator, "weight": weight, "atlas": grid_signature(atlas),
+              "min_cases": min_cases,
               "permutations": permutations, "covariates": covariates, "seed": seed,
               "prior_strength": prior_strength}
     domain = analysis_domain(atlas)
@@ -299,17 +343,17 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
         state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params,
                             workers, session, progress)
         stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
-                            weight, covariates, min_cases, permutations, seed, prior_strength,
-                            bins_mm, device, out_dir, progress, workers, session)
+                            estimator, weight, covariates, min_cases, permutations, seed,
+                            prior_strength, bins_mm, device, out_dir, progress, workers, session)
     if out_dir is not None:
         stats.save(out_dir)
         state.save(out_dir / "accumulators.npz", {"parameters": params, "complete": True})
     return stats
 
 
-def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources, weight,
-                covariates, min_cases, permutations, seed, prior_strength, bins_mm, device,
-                out_dir, progress, workers, scheduler) -> Stats:
+def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources, estimator,
+                weight, covariates, min_cases, permutations, seed, prior_strength, bins_mm,
+                device, out_dir, progress, workers, scheduler) -> Stats:
     """Maps, tests and tables of an accumulated state."""
     excluded["empty patch"] = int(nodules["nodule"].isin(state.empty_nodules).sum())
     included = nodules.set_index("nodule").loc[state.nodules].reset_index()
@@ -318,14 +362,149 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
                          f"{ {k: v for k, v in excluded.items() if v} })")
 
     volumes = _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength)
+    prefix = "saliency_weighted" if weight == "heatmap" else "mask_weighted"
+    for suffix in ("", "_ci_low", "_ci_high"):
+        volumes[f"{prefix}_probability{suffix}"] = volumes[f"probability{suffix}"]
     tested = np.flatnonzero(state.sums["n"] >= min_cases)
-    notes = _test_maps(volumes, state, included, domain, tested, lookup, weight, covariates,
-                       permutations, seed, device, out_dir, atlas, progress, workers, scheduler)
+    footprints = weight_matrix(included, np.arange(len(domain)), lookup, len(domain), weight,
+                               progress, workers, scheduler)
+    included["footprint_voxels"] = footprints.getnnz(axis=0)
+    extent, notes = footprint_extent(included, weight)
+    record = {"name": estimator, "footprint": weight}
+    if estimator != "weighted" and included["label"].nunique() < 2:
+        notes.append(f"every included nodule has outcome {int(included['label'].iloc[0])}: the "
+                     f"{estimator} estimator needs both; the weighted map is shown")
+        record["name"] = "weighted"
+    elif estimator != "weighted" and len(tested):
+        fitted, fit_record = estimate_risk(estimator, footprints, included, atlas, domain,
+                                           tested, state.sums["n"] > 0, covariates)
+        record.update(fit_record)
+        shown = state.sums["n"] >= min_cases
+        for name, values in fitted.items():
+            volumes[name] = _to_volume(np.where(shown, values, np.nan), domain,
+                                       atlas.labels.shape)
+    test_covariates = list(covariates)
+    if weight == "heatmap" and "extent" not in test_covariates:
+        # Heatmap extent tracks the outcome (see footprint_extent): without the lesion-volume
+        # covariate the t-test of heatmap weights finds "effects" that are only spread.
+        test_covariates.append("extent")
+        notes.append("the t-test of heatmap weights is adjusted for footprint extent "
+                     "(log voxels), the lesion-volume correction")
+    notes += _test_maps(volumes, state, included, domain, tested, footprints, test_covariates,
+                        permutations, seed, device, out_dir, atlas, progress)
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
                   region_table(included, atlas), capsule_distance_table(included, bins_mm))
     stats.summary = _summary(stats, params, included, excluded, state, tested, notes, sources,
                              bins_mm)
+    stats.summary["estimator"] = record
+    stats.summary["footprint_extent"] = extent
     return stats
+
+
+def footprint_extent(nodules: pd.DataFrame, weight: str) -> tuple[dict, list[str]]:
+    """Footprint size by outcome (``footprint_voxels``: voxels with weight > 0) and a note
+    when it differs: then a weighted map or a voxelwise test of the raw weights measures how
+    far footprints spread as well as where risk is (the lesion-volume confound)."""
+    from scipy.stats import mannwhitneyu
+
+    by = {int(k): v["footprint_voxels"].to_numpy(float) for k, v in nodules.groupby("label")}
+    record = {"weight": weight, "median_voxels": {str(k): float(np.median(v))
+                                                  for k, v in by.items()}}
+    if len(by) < 2 or min(len(v) for v in by.values()) < 5:
+        return record, []
+    ratio = float(np.median(by[1]) / np.median(by[0]))
+    p = float(mannwhitneyu(by[1], by[0]).pvalue)
+    differs = p < EXTENT_ALPHA and not 1 / EXTENT_RATIO < ratio < EXTENT_RATIO
+    record.update(ratio_llnm_to_no_llnm=ratio, mann_whitney_p=p, differs=bool(differs))
+    if not differs:
+        return record, []
+    return record, [
+        f"footprint extent differs by outcome ({weight} footprints: median "
+        f"{np.median(by[1]):.0f} voxels with LLNM vs {np.median(by[0]):.0f} without, "
+        f"Mann-Whitney p = {p:.1e}): the weighted maps and the t-test of raw weights measure "
+        "footprint spread as well as risk; the spatial estimator normalises each footprint "
+        "to unit mass, and --covariates extent adjusts the t-test"]
+
+
+def estimate_risk(estimator: str, footprints: sp.spmatrix, nodules: pd.DataFrame, atlas: Atlas,
+                  domain: np.ndarray, tested: np.ndarray, covered: np.ndarray,
+                  covariates=()) -> tuple[dict, dict]:
+    """The risk map of the spatial or kernel estimator on the analysis domain.
+
+    Parameters
+    ----------
+    estimator : {"spatial", "kernel"}
+    footprints : sparse matrix, shape (n_domain, n_nodules)
+        Each nodule's footprint on the domain (:func:`weight_matrix`).
+    nodules : pandas.DataFrame
+        One row per footprint column: ``label``, ``patient_id``, ``centre_{x,y,z}_mm`` and
+        the covariates' columns.
+    atlas : Atlas
+    domain : ndarray of int
+        Flat atlas indices of the domain voxels.
+    tested : ndarray of int
+        Domain positions shown (enough nodules); the simultaneous band spans them.
+    covered : ndarray of bool, shape (n_domain,)
+        Voxels touched by any footprint (the spline basis covers them).
+    covariates : sequence of str
+        Adjusting covariates of the spatial model (names of :data:`COVARIATES`).
+
+    Returns
+    -------
+    maps : dict of str -> ndarray, shape (n_domain,)
+    record : dict
+        What summary.json records of the estimator (smoothness, its criterion, ...).
+    """
+    included = nodules
+    k, j, i = np.unravel_index(domain, atlas.labels.shape)
+    points = atlas.voxel_to_world(np.stack([i, j, k], axis=1))
+    y = included["label"].to_numpy(float)
+    rate = float(y.mean())
+    if estimator == "kernel":
+        centres = included[["centre_x_mm", "centre_y_mm", "centre_z_mm"]].to_numpy(float)
+        fit = fit_kernel(centres, y, included["patient_id"].to_numpy(), atlas.origin_mm,
+                         atlas.spacing_mm, atlas.labels.shape)
+        maps = {name: fit.maps[name].ravel()[domain] for name in (
+            "probability", "probability_ci_low", "probability_ci_high")}
+        return maps, {"name": "kernel", "centres": "registered", "bandwidth_mm":
+                      fit.bandwidth_mm, "cv_log_loss": fit.cv_log_loss,
+                      "cv": "leave one patient out",
+                      "scores": {str(k): v for k, v in fit.scores.items()}}
+    basis = SplineBasis.covering(points[covered])
+    fit = fit_spatial(footprints.T, y, basis.matrix(points), basis,
+                      _covariate_matrix(included, covariates))
+    fit.simultaneous_z = simultaneous_critical(fit, points[tested])
+    maps = risk_maps(fit, points, rate)
+    lobes = _lobe_difference(fit, atlas, domain, tested)
+    return maps, {
+        "name": "spatial", "normalisation": "unit mass", "basis": "quadratic B-splines",
+        "knot_spacing_mm": basis.knot_spacing_mm, "basis_functions": basis.size,
+        "smoothness": "LAML (Laplace-approximate marginal likelihood)",
+        "log_lambda": fit.log_lambda, "edf": fit.edf, "laml": fit.laml,
+        "search": [[r, v] for r, v in fit.search], "simultaneous_z": fit.simultaneous_z,
+        "covariates": {name: float(b) for name, b in zip(covariates, fit.covariate_effects)},
+        "cohort_rate": rate, "left_minus_right_lobe": lobes}
+
+
+def _lobe_difference(fit, atlas, domain, tested) -> dict | None:
+    """Mean log-odds of the left lobe minus the right, over the shown right-lobe voxels whose
+    mirror image (x -> -x) is a shown left-lobe voxel; None when there are none."""
+    shown = np.zeros(atlas.labels.size, bool)
+    shown[domain[tested]] = True
+    shown = shown.reshape(atlas.labels.shape)
+    right = shown & (atlas.labels // 10 == 1)
+    # Mirror about x = 0: voxel i <-> the voxel at -x (the grid is symmetric when its
+    # origin is; otherwise there is no mirror voxel and no test).
+    nx = atlas.labels.shape[2]
+    mirror_i = np.rint((-2 * atlas.origin_mm[0]) / atlas.spacing_mm).astype(int) - np.arange(nx)
+    valid = (mirror_i >= 0) & (mirror_i < nx)
+    left_of = np.zeros_like(right)
+    left_of[:, :, valid] = (shown & (atlas.labels // 10 == 2))[:, :, mirror_i[valid]]
+    k, j, i = np.nonzero(right & left_of)
+    if len(i) < 10:
+        return None
+    points = atlas.voxel_to_world(np.stack([i, j, k], axis=1))
+    return mean_difference(fit, points * [-1, 1, 1], points)
 
 
 def _accumulate(nodules, state, weight, lookup, n_domain, out_dir, params, workers, scheduler,
@@ -431,9 +610,8 @@ def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray
     return matrix.tocsr()
 
 
-def _test_maps(volumes, state, included, domain, tested, lookup, weight, covariates,
-               permutations, seed, device, out_dir, atlas, progress, workers, scheduler
-               ) -> list[str]:
+def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
+               permutations, seed, device, out_dir, atlas, progress) -> list[str]:
     """Add the chi-square and OLS maps; return notes on what could not be tested."""
     shape = atlas.labels.shape
     y = included["label"].to_numpy(float)
@@ -449,9 +627,7 @@ def _test_maps(volumes, state, included, domain, tested, lookup, weight, covaria
         return notes
     n_touch, events_touch = state.sums["n"][tested], state.sums["events"][tested]
     chi2, chi2_p = proportion_chi2(n_touch, events_touch, len(y), int(y.sum()))
-    matrix = weight_matrix(included, tested, lookup, len(domain), weight, progress, workers,
-                           scheduler)
-    design = OLSDesign(matrix, y, _covariate_matrix(included, covariates))
+    design = OLSDesign(footprints[tested], y, _covariate_matrix(included, covariates))
     t = design.t_scores()
     p = design.p_values(t)
     maxima = _permutations(design, permutations, seed, device, out_dir, progress)
