@@ -13,8 +13,11 @@ Usage::
 
     python benchmarks/bench_risk_model.py --work /tmp/risk-study            # the full study
     python benchmarks/bench_risk_model.py --work /tmp/risk-study --sizes 500 --seeds 11
+    python benchmarks/bench_risk_model.py --work /tmp/risk-study --speed     # fit time, memory
+    python benchmarks/bench_risk_model.py --work /tmp/risk-study --summary   # tables only
 
-Writes ``benchmarks/results/risk_model/study.{csv,md,json}``.
+Writes ``benchmarks/results/risk_model/``: ``study-seed<N>-<sizes>.csv`` (one row per seed,
+spec, size and estimator), ``summary.{csv,md}`` (means and worst seeds) and ``speed.json``.
 """
 
 from __future__ import annotations
@@ -210,6 +213,7 @@ def study(args) -> pd.DataFrame:
                     row = {**base, **evaluate(name, maps, truth, points, shown, centres, sign,
                                               spatial_spec), "seconds": seconds}
                     row["smoothness"] = record.get("log_lambda", record.get("bandwidth_mm"))
+                    row["edf"] = record.get("edf")
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     return pd.DataFrame(rows)
@@ -263,6 +267,8 @@ def main() -> None:
     parser.add_argument("--estimators", type=lambda s: s.split(","),
                         default=["spatial", "kernel", "weighted"])
     parser.add_argument("--speed", action="store_true", help="only the speed check")
+    parser.add_argument("--summary", action="store_true",
+                        help="only summarise the per-seed results already in --out")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "risk_model")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -271,20 +277,33 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         (args.out / "speed.json").write_text(json.dumps(result, indent=1))
         return
-    table = study(args)
-    table.to_csv(args.out / "study.csv", index=False)
-    summary = table.groupby(["spec", "patients", "estimator"]).agg(
+    for seed in [] if args.summary else args.seeds:  # one file per seed: seeds can run apart
+        args_seed = argparse.Namespace(**{**vars(args), "seeds": [seed]})
+        sizes = "-".join(str(size) for size in args.sizes)
+        study(args_seed).to_csv(args.out / f"study-seed{seed}-{sizes}.csv", index=False)
+    # "null" is a spec name here, not a missing value.
+    table = pd.concat([pd.read_csv(path, keep_default_na=False, na_values=[""])
+                       for path in sorted(args.out.glob("study-seed*.csv"))], ignore_index=True)
+    summary = summarise(table)
+    summary.to_csv(args.out / "summary.csv", index=False)
+    (args.out / "summary.md").write_text(markdown(summary))
+    print(summary.to_string())
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Per spec, cohort size and estimator: means (and worst seeds) of every measure."""
+    table = table.copy()
+    if "any_fwer_significant" not in table:
+        table["any_fwer_significant"] = np.nan
+    table["any_fwer_significant"] = table["any_fwer_significant"].astype(float)
+    return table.groupby(["spec", "patients", "estimator"], sort=False).agg(
         seeds=("seed", "nunique"), nodules=("nodules", "mean"), pearson=("pearson", "mean"),
         pearson_min=("pearson", "min"), spearman=("spearman", "mean"),
         spearman_min=("spearman", "min"), hot_spot_mm=("hot_spot_error_mm", "mean"),
         hot_spot_max_mm=("hot_spot_error_mm", "max"),
         truth_hot_spot_mm=("truth_hot_spot_error_mm", "mean"), coverage=("coverage", "mean"),
-        coverage_min=("coverage", "min"),
-        fwer_seeds=("any_fwer_significant", "mean") if "any_fwer_significant" in table else
-        ("seed", "size"), seconds=("seconds", "mean")).reset_index()
-    summary.to_csv(args.out / "summary.csv", index=False)
-    (args.out / "summary.md").write_text(markdown(summary))
-    print(summary.to_string())
+        coverage_min=("coverage", "min"), fwer_seeds=("any_fwer_significant", "mean"),
+        seconds=("seconds", "mean")).reset_index()
 
 
 if __name__ == "__main__":

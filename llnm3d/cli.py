@@ -459,6 +459,9 @@ def demo(
         summary = run_demo(out, n_patients=patients, seed=seed, stage=stage)
     error = summary["registration_centre_error_mm"]
     truth = summary["map_vs_truth"]
+    truth_text = (f"Pearson {truth['pearson']}, Spearman {truth['spearman']}, 95 % intervals "
+                  f"cover it in {truth['coverage_95']:.0%} of {truth['voxels']} voxels"
+                  if truth["voxels"] else "no voxel has enough nodules to show")
     regions = ", ".join(f"{r['region']} {r['risk']:.0%} (n={r['nodules']})"
                         for r in summary["top_regions"])
     typer.echo(f"""
@@ -466,7 +469,7 @@ def demo(
 {summary['llnm_prevalence']:.0%}
 model AUC per nodule:          {summary['model_auc_per_nodule']}
 registration centre error:     median {error['median']} mm, 95th percentile {error['p95']} mm
-risk map vs end-to-end truth:  Pearson {truth['pearson']}, Spearman {truth['spearman']}, 95 % intervals cover it in {truth['coverage_95']:.0%} of {truth['voxels']} voxels
+risk map vs end-to-end truth:  {truth_text}
 highest-risk regions:          {regions}
 site:                          {summary['site']} ({summary['site_mb_without_three_js']} MB \
 without three.js)

@@ -123,7 +123,14 @@ def test_footprint_extent_does_not_act_as_a_weight():
     weighted = np.asarray(footprints.T @ y).ravel()[covered] / np.asarray(
         footprints.sum(axis=0)).ravel()[covered]
     assert np.mean(weighted) < y.mean() - 0.1  # the confound the issue describes
-    assert not np.any(maps["significance"][covered] != 0)
+    # Where footprints of both outcomes reach, nothing is significant. (Beyond the reach of
+    # the narrow footprints only wide ones, all without LLNM, touch the tissue: a residual
+    # the normalisation cannot remove; see docs/risk-model.md.)
+    touched = (footprints > 0).astype(float)
+    both = ((np.asarray(touched.T @ y).ravel() >= 10)
+            & (np.asarray(touched.T @ (1 - y)).ravel() >= 10))
+    assert both.sum() > 1000
+    assert not np.any(maps["significance"][both] != 0)
     assert abs(np.nanmean(maps["probability"][covered]) - y.mean()) < 0.05
 
     table = pd.DataFrame({"label": y.astype(int),
@@ -180,7 +187,32 @@ def test_truth_map_averages_the_nodules_own_covariates(atlas):
     assert np.allclose(truth[deep], (expit(-1.0) + expit(1.0)) / 2)
 
 
-@pytest.mark.parametrize("estimator", ["spatial", "kernel"])
+def test_spatial_covariates_are_estimated():
+    points, centres, footprints, y = synthetic_cohort(2000, 2.5, seed=6)
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=len(y))
+    logit = np.log(spot(centres, 2.5) / (1 - spot(centres, 2.5))) + 1.0 * z
+    y = (rng.random(len(y)) < expit(logit)).astype(float)
+    basis = SplineBasis.covering(points)
+    fit = fit_spatial(footprints, y, basis.matrix(points), basis, covariates=z[:, None])
+    se = np.sqrt(fit.covariance[-1, -1])
+    assert abs(fit.covariate_effects[0] - 1.0) < 3 * se and se < 0.1
+
+
+def test_too_few_outcomes_fall_back_to_the_weighted_map(registered, atlas):
+    """20 nodules: the smoothest field needs more parameters than 8 events support, so the
+    spatial model is not fitted (it would separate the outcomes) and the notes say why."""
+    from llnm3d import aggregate
+
+    stats = aggregate(registered, atlas=atlas, min_cases=2, permutations=0, progress=False)
+    record = stats.summary["estimator"]
+    assert record["name"] == "weighted" and "too few outcomes" in record["not_fitted"]
+    assert any("too few outcomes for the spatial model" in n for n in stats.summary["notes"])
+    np.testing.assert_array_equal(stats.volumes["probability"],
+                                  stats.volumes["mask_weighted_probability"])
+
+
+@pytest.mark.parametrize("estimator", ["kernel"])
 def test_aggregate_records_the_estimator(registered, atlas, estimator):
     from llnm3d import aggregate
 
@@ -188,10 +220,7 @@ def test_aggregate_records_the_estimator(registered, atlas, estimator):
                       permutations=0, progress=False)
     record = stats.summary["estimator"]
     assert record["name"] == estimator and record["footprint"] == "mask"
-    if estimator == "spatial":
-        assert {"log_lambda", "edf", "laml", "simultaneous_z"} <= set(record)
-        assert {"log_odds", "probability_above_rate", "significance"} <= set(stats.volumes)
-    else:
+    if estimator == "kernel":
         assert record["bandwidth_mm"] in {float(k) for k in record["scores"]}
     shown = np.isfinite(stats.volumes["probability"])
     assert shown.any()

@@ -159,7 +159,7 @@ def truth_risk_map(spec, rows: pd.DataFrame, atlas: Atlas, max_rows: int = 400,
     ndarray of float64, shape of the atlas
         Risk (0-1) at the evaluated voxels, NaN elsewhere.
     """
-    from .risk import COVARIATES
+    from .risk import _term_value
 
     if voxels is None:
         voxels = np.flatnonzero(atlas.capsule_distance < 1.5)
@@ -181,12 +181,20 @@ def truth_risk_map(spec, rows: pd.DataFrame, atlas: Atlas, max_rows: int = 400,
         "centre_capsule_distance_mm": depth,
     })
     offsets = (rows["centre_capsule_distance_mm"] - rows["capsule_distance_mm"]).to_numpy(float)
-    own = [c for c in COVARIATES if c not in _SPATIAL]
+    # The logit splits into terms of the place, terms of the nodule's own covariates and
+    # terms of its edge depth (place and nodule together); only the last need each pair.
+    terms = spec.data["terms"]
+    covariate = [term.get("covariate", "x_mm") for term in terms]  # gaussian: the position
+    at_place = sum((_term_value(t, place) for t, c in zip(terms, covariate)
+                    if c in _SPATIAL and c != "capsule_distance_mm"), np.zeros(len(voxels)))
+    own = sum((_term_value(t, rows) for t, c in zip(terms, covariate) if c not in _SPATIAL),
+              np.full(len(rows), float(spec.data["intercept"])))
+    edge_terms = [t for t, c in zip(terms, covariate) if c == "capsule_distance_mm"]
     total = np.zeros(len(voxels))
-    for offset, (_, row) in zip(offsets, rows.iterrows()):
-        table = place.assign(capsule_distance_mm=np.maximum(depth - offset, 0.0),
-                             **{c: row[c] for c in own if c in row.index})
-        total += spec.probability(table)
+    for offset, own_logit in zip(offsets, own):
+        edge = pd.DataFrame({"capsule_distance_mm": np.maximum(depth - offset, 0.0)})
+        logit = at_place + own_logit + sum((_term_value(t, edge) for t in edge_terms), 0.0)
+        total += 1.0 / (1.0 + np.exp(-logit))
     volume = np.full(atlas.labels.size, np.nan)
     volume[voxels] = total / len(rows)
     return volume.reshape(atlas.labels.shape)

@@ -376,8 +376,12 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
                      f"{estimator} estimator needs both; the weighted map is shown")
         record["name"] = "weighted"
     elif estimator != "weighted" and len(tested):
-        fitted, fit_record = estimate_risk(estimator, footprints, included, atlas, domain,
-                                           tested, state.sums["n"] > 0, covariates)
+        try:
+            fitted, fit_record = estimate_risk(estimator, footprints, included, atlas, domain,
+                                               tested, state.sums["n"] > 0, covariates)
+        except ValueError as exc:  # too few outcomes: say so, show the weighted map
+            notes.append(f"{exc}; the weighted map is shown")
+            record["name"], fitted, fit_record = "weighted", {}, {"not_fitted": str(exc)}
         record.update(fit_record)
         shown = state.sums["n"] >= min_cases
         for name, values in fitted.items():
@@ -480,7 +484,8 @@ def estimate_risk(estimator: str, footprints: sp.spmatrix, nodules: pd.DataFrame
         "name": "spatial", "normalisation": "unit mass", "basis": "quadratic B-splines",
         "knot_spacing_mm": basis.knot_spacing_mm, "basis_functions": basis.size,
         "smoothness": "LAML (Laplace-approximate marginal likelihood)",
-        "log_lambda": fit.log_lambda, "edf": fit.edf, "laml": fit.laml,
+        "log_lambda": fit.log_lambda, "edf": fit.edf, "max_edf": fit.max_edf,
+        "laml": fit.laml,
         "search": [[r, v] for r, v in fit.search], "simultaneous_z": fit.simultaneous_z,
         "covariates": {name: float(b) for name, b in zip(covariates, fit.covariate_effects)},
         "cohort_rate": rate, "left_minus_right_lobe": lobes}

@@ -41,6 +41,7 @@ LOG_LAMBDA_RANGE = (-4.0, 14.0)
 LOG_LAMBDA_STEP = 2.0
 SIMULTANEOUS_DRAWS = 1000
 SIMULTANEOUS_VOXELS = 20000
+EVENTS_PER_PARAMETER = 2
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,12 @@ class SplineBasis:
     def size(self) -> int:
         return len(self.active)
 
+    def position(self) -> np.ndarray:
+        """Column of each lattice function in the kept basis (-1 for functions not kept)."""
+        position = np.full(int(np.prod(self.counts)), -1, np.int64)
+        position[self.active] = np.arange(self.size)
+        return position
+
     def _lattice_entries(self, points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lattice indices and values, each shape (N, 27), of the functions at each point."""
         t = (np.atleast_2d(points_mm) - self.origin_mm) / self.knot_spacing_mm
@@ -99,9 +106,7 @@ class SplineBasis:
     def matrix(self, points_mm: np.ndarray) -> sp.csr_matrix:
         """Sparse (N, K) values of the kept functions at atlas points (mm)."""
         indices, values = self._lattice_entries(points_mm)
-        position = np.full(int(np.prod(self.counts)), -1, np.int64)
-        position[self.active] = np.arange(self.size)
-        columns = position[indices]
+        columns = self.position()[indices]
         keep = (columns >= 0) & (values > 0)
         rows = np.broadcast_to(np.arange(len(indices))[:, None], indices.shape)
         return sp.csr_matrix((values[keep], (rows[keep], columns[keep])),
@@ -110,9 +115,7 @@ class SplineBasis:
     def penalty(self) -> np.ndarray:
         """Dense (K, K) second-difference penalty along x, y and z; a difference enters only
         when its three functions are all kept."""
-        position = np.full(int(np.prod(self.counts)), -1, np.int64)
-        position[self.active] = np.arange(self.size)
-        lattice = position.reshape(self.counts)
+        lattice = self.position().reshape(self.counts)
         rows = []
         for axis in range(3):
             a = np.moveaxis(lattice, axis, 0)
@@ -142,13 +145,15 @@ class SpatialFit:
     log_lambda : float
         Chosen log smoothing parameter.
     edf : float
-        Effective degrees of freedom of the field.
+        Effective degrees of freedom (field and covariates).
     laml : float
         Negative log marginal likelihood (Laplace) at the chosen smoothness (lower is better).
     search : list of (log_lambda, laml)
         Every smoothness tried.
     simultaneous_z : float
         Critical value of the simultaneous 95 % band (set by :func:`simultaneous_critical`).
+    max_edf : float
+        The events-per-parameter bound the chosen smoothness respects.
     """
 
     basis: SplineBasis
@@ -160,13 +165,12 @@ class SpatialFit:
     laml: float
     search: list = field(default_factory=list)
     simultaneous_z: float = float("nan")
+    max_edf: float = float("inf")
 
     def log_odds(self, points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``f`` and its standard error at atlas points (mm), each shape (N,)."""
         indices, values = self.basis._lattice_entries(points_mm)
-        position = np.full(int(np.prod(self.basis.counts)), -1, np.int64)
-        position[self.basis.active] = np.arange(self.basis.size)
-        columns = position[indices]
+        columns = self.basis.position()[indices]
         values = np.where(columns >= 0, values, 0.0)
         columns = np.maximum(columns, 0)
         estimate = np.sum(values * self.coefficients[columns], axis=1)
@@ -215,7 +219,8 @@ def _newton(X, Z, y, penalty, theta, max_iter=50, tol=1e-7):
 
 def fit_spatial(footprints: sp.spmatrix, y: np.ndarray, basis_matrix: sp.spmatrix,
                 basis: SplineBasis, covariates: np.ndarray | None = None,
-                penalty: np.ndarray | None = None) -> SpatialFit:
+                penalty: np.ndarray | None = None, max_edf: float | None = None
+                ) -> SpatialFit:
     """Fit the spatial risk model with its smoothness chosen by LAML.
 
     Parameters
@@ -231,6 +236,14 @@ def fit_spatial(footprints: sp.spmatrix, y: np.ndarray, basis_matrix: sp.spmatri
         Adjusting covariates (centred here).
     penalty : ndarray, shape (K, K), optional
         ``basis.penalty()`` (computed when omitted).
+    max_edf : float, optional
+        Most effective parameters (field and covariates) allowed; default: the rarer
+        outcome's count over :data:`EVENTS_PER_PARAMETER`.
+
+    Raises
+    ------
+    ValueError
+        When even the smoothest field needs more parameters than ``max_edf``.
     """
     footprints = sp.csr_matrix(footprints, dtype=np.float64)
     mass = np.asarray(footprints.sum(axis=1)).ravel()
@@ -283,13 +296,27 @@ def fit_spatial(footprints: sp.spmatrix, y: np.ndarray, basis_matrix: sp.spmatri
         curvature = f[0] - 2 * f[1] + f[2]
         if curvature > 0:
             evaluate(x[1] - LOG_LAMBDA_STEP * (f[0] - f[2]) / (2 * curvature))
-    rho = min(cache, key=lambda r: cache[r][0])
-    score, theta, chol, hessian, penalty_full = cache[rho]
+    # A guard against separation, not a modelling rule: on a small cohort a field with about
+    # as many effective parameters as events of the rarer outcome separates the outcomes and
+    # the Laplace approximation then favours ever rougher fits. At most one effective
+    # parameter per two such events; the bound never bound in the validation study. Among the smoothness values tried, the best
+    # criterion whose effective degrees of freedom respect that bound is kept.
+    if max_edf is None:
+        max_edf = min(y.sum(), len(y) - y.sum()) / EVENTS_PER_PARAMETER
     identity = np.eye(k + c)
-    covariance = la.cho_solve((chol, True), identity, check_finite=False)
-    edf = float(np.trace(covariance[:k, :k] @ (hessian - penalty_full)[:k, :k]))
+    for rho in sorted(cache, key=lambda r: cache[r][0]):
+        score, theta, chol, hessian, penalty_full = cache[rho]
+        covariance = la.cho_solve((chol, True), identity, check_finite=False)
+        edf = float(np.sum(covariance * (hessian - penalty_full).T))
+        if edf <= max_edf:
+            break
+    else:
+        raise ValueError(f"too few outcomes for the spatial model: even the smoothest field "
+                         f"has {edf:.0f} effective parameters, more than the {max_edf:.1f} "
+                         f"that {min(y.sum(), len(y) - y.sum()):.0f} events of the rarer "
+                         f"outcome support ({EVENTS_PER_PARAMETER} per parameter)")
     return SpatialFit(basis, theta[:k], theta[k:], covariance, rho, edf, score,
-                      sorted((r, v[0]) for r, v in cache.items()))
+                      sorted((r, v[0]) for r, v in cache.items()), max_edf=float(max_edf))
 
 
 def simultaneous_critical(fit: SpatialFit, points_mm: np.ndarray, level: float = 0.95,
