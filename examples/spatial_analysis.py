@@ -93,8 +93,19 @@ def main() -> None:
     print(stats.probability_at([centre]).round(3).to_string(index=False))
     print(stats.capsule_distance[["bin", "nodules", "risk", "ci_low", "ci_high"]]
           .round(3).to_string(index=False))
+    estimator = stats.summary["estimator"]
+    print(f"risk map: {estimator['name']} estimator")
+    if estimator["name"] == "spatial":  # the default, when the cohort supports it
+        above = np.nansum(stats.volumes["significance"] > 0)
+        below = np.nansum(stats.volumes["significance"] < 0)
+        lobes = estimator["left_minus_right_lobe"]
+        print(f"voxels whose simultaneous 95 % band lies above / below the cohort rate: "
+              f"{above} / {below}")
+        if lobes:
+            print(f"left minus right lobe: {lobes['log_odds']:+.2f} log-odds "
+                  f"(SE {lobes['se']:.2f}, p = {lobes['p']:.2f})")
     significant = np.nansum(stats.volumes["t_p_fwer"] < 0.05)
-    print(f"voxels with family-wise p < 0.05: {significant}")
+    print(f"voxels with family-wise p < 0.05 (t-test of footprints): {significant}")
 
     capsule_distance_figure(stats, args.out_dir / "capsule_distance.png")
     slice_figure(stats, atlas, centre, args.out_dir / "probability_slices.png")

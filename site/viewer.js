@@ -238,6 +238,8 @@ function fillPage() {
     ['Nodules', data.nodules != null ? fmtCount(data.nodules) : null],
     ['LLNM events', data.events != null ? fmtCount(data.events) : null],
     ['Prevalence', data.prevalence != null ? `${(100 * data.prevalence).toFixed(1)} %` : null],
+    ['Risk map', data.estimator],
+    ['Footprint', data.weight],
     ['Minimum cases per voxel or cell', data.min_cases],
     ['Field spacing', data.field_spacing_mm != null ? `${data.field_spacing_mm} mm` : null],
     ['Voxels in the field', data.points != null ? fmtCount(data.points) : null],
