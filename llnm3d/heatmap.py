@@ -142,7 +142,7 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
     Parameters
     ----------
     manifest_path : path or Manifest
-        Cohort manifest (DESIGN.md columns); each image needs a nodule mask.
+        Cohort manifest (columns in docs/conventions.md); each image needs a nodule mask.
     out_dir : path
         Output folder (layout in the module docstring).
     model_dir : path, optional

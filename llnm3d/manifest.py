@@ -1,4 +1,4 @@
-"""The cohort manifest: one CSV row per image (columns in DESIGN.md), read and validated.
+"""The cohort manifest: one CSV row per image (columns in docs/conventions.md), read and validated.
 
 Problems are reported per row, by ``case_id``, so one broken case never stops a cohort: the
 valid rows are returned alongside the list of problems. Problems with the file itself (missing,

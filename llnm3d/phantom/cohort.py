@@ -2,7 +2,7 @@
 
 Output folder layout::
 
-    manifest.csv        one row per image (DESIGN.md columns); what the pipeline reads
+    manifest.csv        one row per image (columns in docs/conventions.md); what the pipeline reads
     images/<case_id>.png
     masks/<case_id>_thyroid.png, masks/<case_id>_nodule.png     (0 / 255)
     truth.csv           one row per nodule: true centres (patient and atlas mm), shape,

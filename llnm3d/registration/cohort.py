@@ -172,7 +172,8 @@ def _truthy(value) -> bool:
 
 
 def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
-    """Load and check one view's masks (and heatmap), flipped into the DESIGN.md layout."""
+    """Load and check one view's masks (and heatmap), flipped into the layout of
+    docs/conventions.md."""
     case_id = view["case_id"]
     try:
         with Image.open(view["image"]) as image:
@@ -441,7 +442,7 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
     Parameters
     ----------
     cases : path or Manifest
-        The cohort manifest (DESIGN.md columns). Optional extra columns ``lobe_third``
+        The cohort manifest (columns in docs/conventions.md). Optional extra columns ``lobe_third``
         (upper/middle/lower) and ``front_back`` (front/back) place a nodule without masks
         when ``allow_coarse_location`` is set.
     heatmaps : path, optional

@@ -1,9 +1,9 @@
 """Registering one ultrasound view onto an atlas cross-section (SimpleITK).
 
 A transverse image is an axial plane of the patient (``z = level``), a longitudinal image a
-sagittal plane (``x = level``); both are laid out as in DESIGN.md, which is also the layout of
-:class:`~llnm3d.atlas.Section`, so the map from image to section is close to a similarity:
-the patient's gland size, a small tilt and the unknown position of the probe.
+sagittal plane (``x = level``); both are laid out as in docs/conventions.md, which is also the
+layout of :class:`~llnm3d.atlas.Section`, so the map from image to section is close to a
+similarity: the patient's gland size, a small tilt and the unknown position of the probe.
 
 Method, per view:
 
@@ -51,7 +51,7 @@ class RegistrationError(RuntimeError):
 
 @dataclass(frozen=True)
 class ViewImage:
-    """One ultrasound image of a nodule, in the DESIGN.md layout (already un-flipped).
+    """One ultrasound image of a nodule, in the layout of docs/conventions.md (already un-flipped).
 
     Attributes
     ----------

@@ -459,14 +459,13 @@ def estimate_risk(estimator: str, footprints: sp.spmatrix, nodules: pd.DataFrame
     record : dict
         What summary.json records of the estimator (smoothness, its criterion, ...).
     """
-    included = nodules
     k, j, i = np.unravel_index(domain, atlas.labels.shape)
     points = atlas.voxel_to_world(np.stack([i, j, k], axis=1))
-    y = included["label"].to_numpy(float)
+    y = nodules["label"].to_numpy(float)
     rate = float(y.mean())
     if estimator == "kernel":
-        centres = included[["centre_x_mm", "centre_y_mm", "centre_z_mm"]].to_numpy(float)
-        fit = fit_kernel(centres, y, included["patient_id"].to_numpy(), atlas.origin_mm,
+        centres = nodules[["centre_x_mm", "centre_y_mm", "centre_z_mm"]].to_numpy(float)
+        fit = fit_kernel(centres, y, nodules["patient_id"].to_numpy(), atlas.origin_mm,
                          atlas.spacing_mm, atlas.labels.shape)
         maps = {name: fit.maps[name].ravel()[domain] for name in (
             "probability", "probability_ci_low", "probability_ci_high")}
@@ -476,7 +475,7 @@ def estimate_risk(estimator: str, footprints: sp.spmatrix, nodules: pd.DataFrame
                       "scores": {str(k): v for k, v in fit.scores.items()}}
     basis = SplineBasis.covering(points[covered])
     fit = fit_spatial(footprints.T, y, basis.matrix(points), basis,
-                      _covariate_matrix(included, covariates))
+                      _covariate_matrix(nodules, covariates))
     fit.simultaneous_z = simultaneous_critical(fit, points[tested])
     maps = risk_maps(fit, points, rate)
     lobes = _lobe_difference(fit, atlas, domain, tested)

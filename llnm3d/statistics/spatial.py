@@ -299,8 +299,9 @@ def fit_spatial(footprints: sp.spmatrix, y: np.ndarray, basis_matrix: sp.spmatri
     # A guard against separation, not a modelling rule: on a small cohort a field with about
     # as many effective parameters as events of the rarer outcome separates the outcomes and
     # the Laplace approximation then favours ever rougher fits. At most one effective
-    # parameter per two such events; the bound never bound in the validation study. Among the smoothness values tried, the best
-    # criterion whose effective degrees of freedom respect that bound is kept.
+    # parameter per two such events (it never bound in the validation study). Among the
+    # smoothness values tried, the best criterion whose effective degrees of freedom respect
+    # that bound is kept.
     if max_edf is None:
         max_edf = min(y.sum(), len(y) - y.sum()) / EVENTS_PER_PARAMETER
     identity = np.eye(k + c)
