@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from llnm3d import Atlas, aggregate, load_registered
-from llnm3d.io import safe_name
+from llnm3d.io import file_stem
 from llnm3d.phantom.truth import planted_risk_map, read_truth
 from llnm3d.statistics.accumulate import analysis_domain, domain_lookup
 from llnm3d.statistics.inference import OLSDesign
@@ -103,7 +103,7 @@ def _permutation_problem(folders, atlas, n_nodules, n_voxels, path):
     pooled = []
     for result in registered:
         ok = result.qc[result.qc["status"] != "failed"]
-        pooled.append(ok.assign(patch_path=[result.out_dir / "patches" / f"{safe_name(k)}.npz"
+        pooled.append(ok.assign(patch_path=[result.out_dir / "patches" / f"{file_stem(k)}.npz"
                                             for k in ok["nodule"]]))
     nodules = pd.concat(pooled).sort_values("nodule").head(n_nodules)
     matrix = weight_matrix(nodules, tested, lookup, len(domain), "heatmap")

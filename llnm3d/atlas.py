@@ -24,6 +24,7 @@ lengths along the lobe's own long axis (its first principal axis, pointing upwar
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from scipy import ndimage
 
 from . import __version__
 from .anatomy import ISTHMUS, LEFT, RIGHT, ThyroidShape, gland_field_mm
+from .checks import check_number
 from .io import InputError, atomic_path, read_json, read_volume, write_json, write_volume
 from .mesh import surface_from_field
 
@@ -46,6 +48,9 @@ REGION_NAMES = {
 
 # Grid of the default atlas: the parametric gland plus at least 4 mm of margin on every side.
 _DEFAULT_BOUNDS_MM = np.array([[-38.0, -10.0, -24.0], [38.0, 28.0, 40.0]])
+# Its voxel sizes: at 0.1 mm that grid has about 180 million voxels; at 2 mm the isthmus, a
+# few mm thick, is a voxel or two.
+MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 2.0
 
 
 def part_name(lobe: int | str) -> int:
@@ -145,15 +150,15 @@ class Atlas:
         """The bundled atlas (the parametric thyroid of :mod:`llnm3d.anatomy`).
 
         Built on first use (about a second at 0.5 mm) and cached per spacing; the cached arrays
-        are read-only.
+        are read-only. ``spacing_mm`` is :data:`MIN_SPACING_MM` to :data:`MAX_SPACING_MM`.
         """
-        return _default_atlas(float(spacing_mm))
+        return _default_atlas(float(_check_spacing(spacing_mm)))
 
     @classmethod
     def from_shape(cls, shape: ThyroidShape | None = None, spacing_mm: float = 0.5) -> "Atlas":
-        """Voxelise a parametric :class:`~llnm3d.anatomy.ThyroidShape` at ``spacing_mm``."""
-        if not 0.1 <= spacing_mm <= 2.0:
-            raise InputError(f"atlas spacing {spacing_mm} mm is outside 0.1-2 mm")
+        """Voxelise a parametric :class:`~llnm3d.anatomy.ThyroidShape` at ``spacing_mm``
+        (:data:`MIN_SPACING_MM` to :data:`MAX_SPACING_MM`)."""
+        _check_spacing(spacing_mm)
         shape = shape or ThyroidShape()
         lo, hi = _DEFAULT_BOUNDS_MM
         counts = np.floor((hi - lo) / spacing_mm).astype(int) + 1
@@ -265,6 +270,8 @@ class Atlas:
             plane's two directions, so sections at different levels share one layout.
         """
         part = part_name(lobe)
+        check_number("level_mm", level_mm)
+        check_number("margin_mm", margin_mm, low=0)
         bounds = self.lobe_bounds_mm(part)
         lo, hi = bounds[0] - margin_mm, bounds[1] + margin_mm
         if view == "transverse":
@@ -358,6 +365,32 @@ class Atlas:
         return cls(labels=labels, capsule_distance=distance.astype(np.float32), origin_mm=origin,
                    spacing_mm=spacing, surface=surface, lobe_axes=lobe_axes,
                    landmarks=info.get("landmarks", {}), metadata=info.get("metadata", {}))
+
+
+def _check_spacing(spacing_mm: float) -> float:
+    return check_number("spacing_mm", spacing_mm, low=MIN_SPACING_MM, high=MAX_SPACING_MM)
+
+
+def as_atlas(value: Atlas | str | Path | None) -> Atlas | None:
+    """An :class:`Atlas` from what the API's ``atlas=`` parameters accept.
+
+    Parameters
+    ----------
+    value : Atlas, path or None
+        An atlas, the path of an atlas folder (read with :meth:`Atlas.load`), or None, which
+        stays None so each caller keeps its own default.
+
+    Raises
+    ------
+    InputError
+        For anything else (e.g. an atlas name), naming the parameter, or an unreadable folder.
+    """
+    if value is None or isinstance(value, Atlas):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return Atlas.load(value)
+    raise InputError(f"atlas must be an Atlas or the path of an atlas folder (from `llnm3d "
+                     f"atlas`), got {type(value).__name__} {value!r:.60}")
 
 
 def signed_distance_mm(inside: np.ndarray, spacing_mm: float) -> np.ndarray:

@@ -6,9 +6,10 @@ Exit codes: 0 success, 1 some cases failed (the rest completed), 2 usage or inpu
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, NoReturn, Optional
 
 import typer
 
@@ -33,22 +34,61 @@ AtlasOption = Annotated[Optional[Path], typer.Option(
     "--atlas", help="Atlas folder (from `llnm3d atlas`); default: the bundled atlas.")]
 
 
+# errno values of an output that cannot be written, named so in the one-line message.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _printable(text: object) -> str:
+    """``text`` with non-printable characters escaped as ``repr`` does (``\\n``, ``\\x1b``),
+    printable non-ASCII kept: ids and paths in a message cannot start a line of their own or
+    drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _say(line: str, err: bool = False) -> None:
+    """Print one line, escaped by :func:`_printable`."""
+    typer.echo(_printable(line), err=err)
+
+
+def _fail(message: str) -> NoReturn:
+    """Print ``error: message`` as one line and exit 2."""
+    _say(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_INPUT_ERROR)
+
+
+def _os_error_text(exc: OSError) -> str:
+    """An OSError as ``cannot write FILE: reason`` (or ``FILE: reason``)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    verb = "cannot write " if exc.errno in _WRITE_ERRNOS else ""
+    return f"{verb}{exc.filename}: {reason}"
+
+
 @contextlib.contextmanager
 def _input_errors() -> Iterator[None]:
-    """Turn an InputError into a one-line message and exit code 2."""
+    """Turn an InputError or OSError (full disk, read-only file system) into a one-line
+    message and exit code 2."""
     from .io import InputError
 
     try:
         yield
     except InputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_INPUT_ERROR) from None
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error_text(exc))
+
+
+def _notes(notes: list[str]) -> None:
+    """Print one ``note:`` line per note."""
+    for note in notes:
+        _say(f"note: {note}")
 
 
 def _report_failures(failures: list[tuple[str, str]], what: str) -> None:
     """Print one line per failed case and exit 1 if there were any."""
     for case_id, reason in failures:
-        typer.echo(f"failed: {what} {case_id}: {reason}", err=True)
+        _say(f"failed: {what} {case_id}: {reason}", err=True)
     if failures:
         raise typer.Exit(EXIT_CASES_FAILED)
 
@@ -84,9 +124,9 @@ def atlas(
         ensure_writable_dir(out)
         built = _load_atlas(None, spacing_mm)
         built.save(out)
-    typer.echo(f"atlas written to {out} ({built.spacing_mm} mm voxels, grid "
-               f"{'x'.join(map(str, built.labels.shape[::-1]))}, gland volume "
-               f"{built.surface.volume / 1000:.1f} mL)")
+    _say(f"atlas written to {out} ({built.spacing_mm} mm voxels, grid "
+         f"{'x'.join(map(str, built.labels.shape[::-1]))}, gland volume "
+         f"{built.surface.volume / 1000:.1f} mL)")
 
 
 @app.command()
@@ -110,9 +150,9 @@ def phantom(
         result = make_phantom(out, patients, seed=seed, risk_spec=spec,
                               atlas=_load_atlas(atlas_path), image_size_px=image_size,
                               workers=workers)
-    typer.echo(f"phantom cohort in {out}: {len(result.truth)} nodules, "
-               f"{len(result.manifest)} images, LLNM prevalence "
-               f"{result.truth['label'].mean():.1%}")
+    _say(f"phantom cohort in {out}: {len(result.truth)} nodules, "
+         f"{len(result.manifest)} images, LLNM prevalence "
+         f"{result.truth['label'].mean():.1%}")
     _report_failures(result.failed, "patient")
 
 
@@ -141,8 +181,8 @@ def section(
             "view": cut.view, "level_mm": cut.level_mm, "spacing_mm": cut.spacing_mm,
             "origin_mm": cut.origin_mm, "row_dir": cut.row_dir, "col_dir": cut.col_dir,
             "area_mm2": float(cut.mask.sum() * cut.spacing_mm ** 2)})
-    typer.echo(f"{view} section of the {side} lobe at {level_mm} mm: "
-               f"{cut.mask.sum() * cut.spacing_mm ** 2:.0f} mm2, written to {out}")
+    _say(f"{view} section of the {side} lobe at {level_mm} mm: "
+         f"{cut.mask.sum() * cut.spacing_mm ** 2:.0f} mm2, written to {out}")
 
 
 @app.command("check-manifest")
@@ -156,8 +196,8 @@ def check_manifest(
     with _input_errors():
         result = read_manifest(manifest, allow_outside=allow_outside)
     table = result.table
-    typer.echo(f"{len(table)} valid images, {table['patient_id'].nunique()} patients, "
-               f"{len(result.problems)} problem(s)")
+    _say(f"{len(table)} valid images, {table['patient_id'].nunique()} patients, "
+         f"{len(result.problems)} problem(s)")
     _report_failures(result.problems, "case")
 
 
@@ -176,7 +216,7 @@ def contact_sheet(
     with _input_errors():
         ensure_writable_dir(out.parent)
         draw(read_manifest(manifest, allow_outside=allow_outside), out, n=n)
-    typer.echo(f"contact sheet written to {out}")
+    _say(f"contact sheet written to {out}")
 
 
 @app.command()
@@ -195,7 +235,7 @@ def features(
         ensure_writable_dir(out.parent)
         failures = write_features(read_manifest(manifest, allow_outside=allow_outside), out,
                                   resize_masks=resize_masks)
-    typer.echo(f"features written to {out}")
+    _say(f"features written to {out}")
     _report_failures(failures, "case")
 
 
@@ -227,8 +267,8 @@ def train(
                                  modality_dropout=modality_dropout)
         result = run(read_manifest(manifest, allow_outside=allow_outside), view, out, settings,
                      device=device)
-    typer.echo(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "
-               f"val AUC {result['val_auc']:.3f}; model in {out}")
+    _say(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "
+         f"val AUC {result['val_auc']:.3f}; model in {out}")
     _report_failures(result["failures"], "case")
 
 
@@ -255,7 +295,8 @@ def heatmap(
         result = compute_heatmaps(read_manifest(manifest, allow_outside=allow_outside), out,
                                   model_dir=model_dir, batch_size=batch_size,
                                   device=device, resize_masks=resize_masks, layer=layer)
-    typer.echo(f"{len(result.predictions)} predictions and heatmaps in {out}")
+    _say(f"{len(result.predictions)} predictions and heatmaps in {out}")
+    _notes(result.resumed.notes("case"))
     _report_failures(result.failures, "case")
 
 
@@ -294,9 +335,10 @@ def register(
                                  allow_coarse_location=allow_coarse_location, workers=workers,
                                  scheduler=scheduler)
     counts = result.qc["status"].value_counts()
-    typer.echo(f"{len(result.qc)} nodules: {counts.get('ok', 0)} ok, "
-               f"{counts.get('warning', 0)} with warnings, {counts.get('failed', 0)} failed; "
-               f"QC table in {out / 'qc.csv'}")
+    _say(f"{len(result.qc)} nodules: {counts.get('ok', 0)} ok, "
+         f"{counts.get('warning', 0)} with warnings, {counts.get('failed', 0)} failed; "
+         f"QC table in {out / 'qc.csv'}")
+    _notes(result.resumed.notes("nodule"))
     _report_failures(result.failures, "nodule")
 
 
@@ -342,13 +384,15 @@ def aggregate(
                                 scheduler=scheduler, device=device)
     summary = stats.summary
     excluded = {k: v for k, v in summary["excluded"].items() if v}
-    typer.echo(f"{summary['nodules']} nodules ({summary['events']} with LLNM), "
-               f"{summary['voxels']['tested']} voxels with >= {min_cases} nodules; "
-               f"maps and tables in {out}")
+    _say(f"{summary['nodules']} nodules ({summary['events']} with LLNM), "
+         f"{summary['voxels']['tested']} voxels with >= {min_cases} nodules; "
+         f"maps and tables in {out}")
     if excluded:
-        typer.echo(f"excluded: {excluded}")
-    for note in summary["notes"]:
-        typer.echo(f"note: {note}")
+        _say(f"excluded: {excluded}")
+    changed = stats.resumed.changed
+    _notes(summary["notes"] + ([f"{out} held a result with {len(changed)} nodule(s) whose "
+                                f"registration changed since (e.g. {changed[0]!r}); "
+                                "accumulated everything again"] if changed else []))
 
 
 LevelsOption = Annotated[Optional[str], typer.Option(
@@ -356,7 +400,8 @@ LevelsOption = Annotated[Optional[str], typer.Option(
          "percentiles of the shown voxels).")]
 PublishMinCasesOption = Annotated[Optional[int], typer.Option(
     "--min-cases", help="Publish only voxels and table rows with at least this many nodules "
-                        "(default and lowest: the aggregation's --min-cases).")]
+                        "(default: the aggregation's --min-cases; never below it, nor below "
+                        "5, the publishing floor).")]
 
 
 def _levels(text: str | None) -> list[float] | None:
@@ -388,10 +433,9 @@ def export_command(
         atlas = _load_atlas(atlas_path) if atlas_path else None
         result = export_stats(stats, out, atlas=atlas, levels=_levels(levels),
                               min_cases=min_cases, field_spacing_mm=field_spacing_mm)
-    typer.echo(f"{result['points']} voxels with >= {result['min_cases']} nodules, isosurfaces "
-               f"at {result['isosurface_levels']}; glTF files in {out}")
-    for note in result["notes"]:
-        typer.echo(f"note: {note}")
+    _say(f"{result['points']} voxels with >= {result['min_cases']} nodules, isosurfaces "
+         f"at {result['isosurface_levels']}; glTF files in {out}")
+    _notes(result["notes"])
 
 
 @app.command("build-site")
@@ -418,26 +462,32 @@ def build_site_command(
         site = build_site(out, stats, points_csv=points, atlas=atlas,
                           title=title or DEFAULT_TITLE, description=description,
                           levels=_levels(levels), min_cases=min_cases)
-    typer.echo(f"site in {site} ({site_size_bytes(site) / 1e6:.2f} MB without the vendored "
-               f"three.js); view it with `llnm3d serve {site}`")
+    _say(f"site in {site} ({site_size_bytes(site) / 1e6:.2f} MB without the vendored "
+         f"three.js); view it with `llnm3d serve {site}`")
 
 
 @app.command()
 def serve(
     site: Annotated[Path, typer.Argument(help="A folder written by `llnm3d build-site`.")] = Path(
         "site"),
-    port: Annotated[int, typer.Option(help="Port on localhost.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port on localhost (0: any free port).")] = 8000,
 ) -> None:
-    """Serve a site on http://localhost:PORT (ES modules do not load from file://)."""
+    """Serve a site's files on http://localhost:PORT (ES modules do not load from file://);
+    no folder listings, nothing outside the site folder."""
     import threading
 
     from .site import serving
 
     if not (site / "index.html").is_file():
-        typer.echo(f"error: {site}: no index.html; build it with `llnm3d build-site`", err=True)
-        raise typer.Exit(EXIT_INPUT_ERROR)
-    with serving(site, port, verbose=True) as url:
-        typer.echo(f"serving {site} on {url} (Ctrl+C stops)")
+        _fail(f"{site}: no index.html; build it with `llnm3d build-site`")
+    if not 0 <= port <= 65535:
+        _fail(f"--port {port}: a port is 0-65535")
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(serving(site, port, verbose=True))
+        except OSError as exc:
+            _fail(f"cannot serve on port {port}: {exc.strerror or exc}")
+        _say(f"serving {site} on {url} (Ctrl+C stops)")
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
 
@@ -471,12 +521,25 @@ model AUC per nodule:          {summary['model_auc_per_nodule']}
 registration centre error:     median {error['median']} mm, 95th percentile {error['p95']} mm
 risk map vs end-to-end truth:  {truth_text}
 highest-risk regions:          {regions}
-site:                          {summary['site']} ({summary['site_mb_without_three_js']} MB \
-without three.js)
-view it:                       llnm3d serve {summary['site']}   (then open http://localhost:8000)
-everything:                    {Path(out) / 'summary.json'}""")
+site:                          {_printable(summary['site'])} \
+({summary['site_mb_without_three_js']} MB without three.js)
+view it:                       llnm3d serve {_printable(summary['site'])}   (then open \
+http://localhost:8000)
+everything:                    {_printable(Path(out) / 'summary.json')}""")
 
 
 def main() -> None:
-    """Console entry point."""
-    sys.exit(app())
+    """Console entry point: usage errors (an unknown option, a value of the wrong type) are one
+    ``error:`` line too, with exit code 2."""
+    # Typer raises click's UsageError, or that of the click it vendors (typer >= 0.26).
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # the help was shown instead
+            command = exc.ctx.command_path if exc.ctx is not None else "llnm3d"
+            _say(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+        code = EXIT_INPUT_ERROR
+    except typer.Abort:
+        code = 130  # interrupted: the shell's code for SIGINT
+    sys.exit(code or 0)

@@ -8,11 +8,13 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from .atlas import Atlas
+from .checks import check_number, check_seed
 from .heatmap import compute_heatmaps
 from .io import ensure_writable_dir, write_json
 from .manifest import read_manifest
 from .phantom import make_phantom
 from .phantom import RiskSpec
+from .phantom.cohort import MAX_PATIENTS
 from .phantom.truth import planted_risk_map, registration_errors, truth_risk_map
 from .qc import contact_sheet
 from .registration import register
@@ -34,7 +36,11 @@ def run_demo(out_dir: str | Path, n_patients: int = 200, seed: int = 0,
     map's correlation with the planted risk, from the phantom's truth, which only this summary
     reads). Idempotent: a second run with the same arguments reuses what is complete.
     ``stage(index, name)``, if given, is called as each of :data:`STAGES` starts.
+    ``n_patients`` and ``seed`` are checked as :func:`~llnm3d.phantom.make_phantom` checks
+    them, before anything is written.
     """
+    check_number("n_patients", n_patients, low=1, high=MAX_PATIENTS, integer=True)
+    check_seed(seed)
     stage = stage or (lambda index, name: None)
     out_dir = ensure_writable_dir(out_dir)
     stage(0, STAGES[0])

@@ -2,7 +2,8 @@
 
 Every file is a binary glTF (``.glb``) in atlas LPS millimetres under a root node that turns it
 Y-up (see ``docs/site-format.md``). Voxels with fewer than ``min_cases`` nodules are never
-written, so the files carry aggregates only.
+written, so the files carry aggregates only; ``min_cases`` is never below
+:data:`PUBLISH_MIN_CASES`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .atlas import REGION_NAMES, Atlas
+from .atlas import REGION_NAMES, Atlas, as_atlas
+from .checks import check_number
 from .gltf import (
     POINTS,
     TRIANGLES,
@@ -44,6 +46,12 @@ FIELD_ATTRIBUTES = {
     "_REGION": "atlas region label (see region_names; 0 outside the gland)",
 }
 REQUIRED_MAPS = ("probability", "probability_ci_low", "probability_ci_high", "n_nodules")
+# Coarsest field and surface grid (mm): the atlas gland spans about 70 x 30 x 55 mm, so a
+# coarser grid leaves a handful of points and no surface worth showing.
+MAX_SPACING_MM = 10.0
+# The lowest publishing min_cases (raise it with min_cases, never lower it): a voxel or table
+# row from fewer nodules can disclose one patient's footprint and outcome.
+PUBLISH_MIN_CASES = 5
 
 
 @functools.cache
@@ -92,15 +100,48 @@ def check_stats(stats: Stats) -> None:
                          f"({finite.min():.3g} to {finite.max():.3g})")
 
 
+def _aggregation_min_cases(stats: Stats) -> int:
+    return int(stats.summary.get("parameters", {}).get("min_cases", 1))
+
+
 def min_cases_of(stats: Stats, min_cases: int | None) -> int:
-    """The publishing threshold: the aggregation's ``min_cases`` unless raised."""
-    used = int(stats.summary.get("parameters", {}).get("min_cases", 1))
+    """The publishing threshold of nodules per voxel and table row.
+
+    Parameters
+    ----------
+    stats : Stats
+        The aggregation to publish.
+    min_cases : int, optional
+        A threshold asked for; default the aggregation's ``min_cases``, raised to
+        :data:`PUBLISH_MIN_CASES` when below it.
+
+    Raises
+    ------
+    InputError
+        If ``min_cases`` is below :data:`PUBLISH_MIN_CASES` or the aggregation's own.
+    """
+    used = _aggregation_min_cases(stats)
     if min_cases is None:
-        return used
+        return max(used, PUBLISH_MIN_CASES)
+    check_number("min_cases", min_cases, low=1, integer=True)
+    if min_cases < PUBLISH_MIN_CASES:
+        raise InputError(f"--min-cases {min_cases} is below the publishing floor of "
+                         f"{PUBLISH_MIN_CASES}: voxels and table rows from fewer nodules can "
+                         "disclose one patient's footprint and outcome")
     if min_cases < used:
         raise InputError(f"--min-cases {min_cases} is below the aggregation's {used}; the maps "
                          "hold no values there")
     return int(min_cases)
+
+
+def floor_note(stats: Stats, min_cases: int | None) -> str | None:
+    """A note when the default threshold was raised to :data:`PUBLISH_MIN_CASES` (the
+    aggregation's ``min_cases`` was lower), else None."""
+    used = _aggregation_min_cases(stats)
+    if min_cases is not None or used >= PUBLISH_MIN_CASES:
+        return None
+    return (f"the aggregation used min-cases {used}; published voxels and table rows need at "
+            f"least {PUBLISH_MIN_CASES} nodules (the publishing floor), so fewer are not shown")
 
 
 def shown_voxels(stats: Stats, min_cases: int) -> np.ndarray:
@@ -122,17 +163,20 @@ def metadata(stats: Stats | None, min_cases: int | None, **more) -> dict:
 
 
 def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None,
-                 spacing_mm: float = DEFAULT_FIELD_SPACING_MM, atlas: Atlas | None = None,
+                 spacing_mm: float = DEFAULT_FIELD_SPACING_MM,
+                 atlas: Atlas | str | Path | None = None,
                  colormap: str = DEFAULT_COLORMAP) -> ExportedField:
     """Write the probability field as one glTF point primitive.
 
     One point per voxel centre of a ``spacing_mm`` grid (every k-th voxel of the map, nearest
-    sample, no smoothing) where the map holds a value from at least ``min_cases`` nodules.
-    Attributes: quantised ``POSITION`` (grid indices; the node's scale and translation give
-    mm), ``COLOR_0`` (``colormap`` over the shown range) and the raw values as
-    :data:`FIELD_ATTRIBUTES`.
+    sample, no smoothing) where the map holds a value from at least ``min_cases`` nodules
+    (see :func:`min_cases_of`; the result's notes say when the default was raised to the
+    publishing floor). Attributes: quantised ``POSITION`` (grid indices; the node's scale and
+    translation give mm), ``COLOR_0`` (``colormap`` over the shown range) and the raw values
+    as :data:`FIELD_ATTRIBUTES`.
     """
     check_stats(stats)
+    notes = [note for note in [floor_note(stats, min_cases)] if note]
     min_cases = min_cases_of(stats, min_cases)
     step = max(1, int(round(spacing_mm / stats.spacing_mm)))
     sub = (slice(None, None, step),) * 3
@@ -140,7 +184,7 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
     k, j, i = np.nonzero(shown)
     values = {name: stats.volumes[name][sub][shown].astype(np.float32) for name in REQUIRED_MAPS}
     builder = GlbBuilder()
-    notes, value_range, coverage = [], None, None
+    value_range, coverage = None, None
     if len(i):
         grid = np.stack([i, j, k], axis=1)
         index_type = np.uint8 if grid.max() < 256 else np.uint16
@@ -149,7 +193,7 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
         coverage = (int(values["n_nodules"].min()), int(values["n_nodules"].max()))
         origin = np.asarray(stats.origin_mm, float)
         points_mm = origin + stats.spacing_mm * step * grid
-        atlas = atlas or _matching_atlas(stats)
+        atlas = as_atlas(atlas) or _matching_atlas(stats)
         region = atlas.region_of(points_mm).astype(np.float32)
         attributes = {
             "POSITION": builder.accessor(grid.astype(index_type), bounds=True),
@@ -268,6 +312,13 @@ def default_levels(probability: np.ndarray) -> list[float]:
     return [level for level in levels if finite.min() < level < finite.max()]
 
 
+def check_levels(levels: list[float] | None) -> None:
+    """Refuse isosurface levels that are not probabilities strictly between 0 and 1 (None
+    asks for the default levels)."""
+    for level in levels or ():
+        check_number("levels", level, low=0, high=1, low_inclusive=False, high_inclusive=False)
+
+
 def export_isosurfaces(stats: Stats, path: str | Path, levels: list[float] | None = None, *,
                        min_cases: int | None = None,
                        spacing_mm: float = DEFAULT_SURFACE_SPACING_MM,
@@ -280,9 +331,8 @@ def export_isosurfaces(stats: Stats, path: str | Path, levels: list[float] | Non
     check_stats(stats)
     min_cases = min_cases_of(stats, min_cases)
     probability = np.where(shown_voxels(stats, min_cases), stats.volumes["probability"], np.nan)
+    check_levels(levels)
     levels = default_levels(probability) if levels is None else sorted(levels)
-    if any(not 0 < level < 1 for level in levels):
-        raise InputError(f"isosurface levels must lie between 0 and 1, got {levels}")
     step = max(1, int(round(spacing_mm / stats.spacing_mm)))
     field_zyx = np.nan_to_num(probability, nan=0.0)[::step, ::step, ::step]
     builder, written = GlbBuilder(), []
@@ -367,15 +417,22 @@ def export_points(points: pd.DataFrame, positions_mm: np.ndarray, path: str | Pa
     return Path(path)
 
 
-def export_layers(stats: Stats, out_dir: str | Path, *, atlas: Atlas | None = None,
+def export_layers(stats: Stats, out_dir: str | Path, *,
+                  atlas: Atlas | str | Path | None = None,
                   levels: list[float] | None = None, min_cases: int | None = None,
                   field_spacing_mm: float = DEFAULT_FIELD_SPACING_MM,
                   surface_spacing_mm: float = DEFAULT_SURFACE_SPACING_MM,
                   colormap: str = DEFAULT_COLORMAP) -> dict:
     """Write ``field.glb``, ``capsule.glb`` and ``isosurfaces.glb`` of ``stats`` into
-    ``out_dir``; return what was written (point count, shown range, coverage, levels)."""
+    ``out_dir``; return what was written (point count, shown range, coverage, levels, the
+    publishing ``min_cases`` and notes)."""
     check_stats(stats)
-    atlas = atlas or _matching_atlas(stats)
+    shown_min_cases = min_cases_of(stats, min_cases)  # refused before anything is written
+    check_levels(levels)
+    for name, spacing in (("field_spacing_mm", field_spacing_mm),
+                          ("surface_spacing_mm", surface_spacing_mm)):
+        check_number(name, spacing, low=0, high=MAX_SPACING_MM, low_inclusive=False)
+    atlas = as_atlas(atlas) or _matching_atlas(stats)
     out_dir = ensure_writable_dir(out_dir)
     exported = export_field(stats, out_dir / "field.glb", min_cases=min_cases,
                             spacing_mm=field_spacing_mm, atlas=atlas, colormap=colormap)
@@ -387,7 +444,7 @@ def export_layers(stats: Stats, out_dir: str | Path, *, atlas: Atlas | None = No
                                  colormap=colormap, value_range=exported.probability_range)
     return {"points": exported.points, "probability_range": exported.probability_range,
             "coverage_range": exported.coverage_range, "field_spacing_mm": exported.spacing_mm,
-            "isosurface_levels": written, "min_cases": min_cases_of(stats, min_cases),
+            "isosurface_levels": written, "min_cases": shown_min_cases,
             "notes": exported.notes}
 
 

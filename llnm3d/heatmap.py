@@ -14,9 +14,13 @@ Output folder::
     predictions.csv           case_id, patient_id, nodule_id, view, probability,
                               heatmap_empty, model_version
 
-Resumable: a case whose ``.npz`` exists is not computed again, and predictions.csv is rebuilt
-from the ``.npz`` files at the end. A case that cannot be read is reported by its id; the others
-complete.
+Output files are named by :func:`llnm3d.io.file_stem` of the case id. ``heatmap.json`` records
+the parameters (layer, mask resizing, the SHA-256 of the model weights); a folder made with
+others is refused. Resumable by content (:mod:`llnm3d.resume`): a case whose ``.npz`` holds the
+digest of its current inputs (manifest fields the model reads, the bytes of the image and
+masks, the llnm3d version) is not computed again; a changed or unreadable one is redone.
+predictions.csv is rebuilt from the ``.npz`` files at the end. A case that cannot be read is
+reported by its id; the others complete.
 """
 
 from __future__ import annotations
@@ -33,22 +37,35 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import __version__
 from .cases import Cases, load_cases
+from .checks import check_choice, check_number, check_optional_workers
 from .inputs import to_image_space
 from .io import (
     InputError,
     atomic_path,
+    digest,
     ensure_writable_dir,
+    file_digest,
+    file_stem,
+    finished_files,
     read_grayscale,
-    safe_name,
+    read_json,
+    write_json,
     write_npz,
 )
 from .manifest import Manifest, as_manifest
 from .model import LLNMNet, load_model
+from .train import MAX_BATCH_SIZE
+from .resume import Resumed, claim_folder, finished_cases
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 VIEWS = ("transverse", "longitudinal")
 LLNM_CLASS = 1
+FORMAT = "llnm3d-heatmaps/1"
+GRADCAM_LAYERS = ("fused", "last", "bidirectional")
+# What the model reads of a manifest row besides the files: a change in any redoes the case.
+MODEL_FIELDS = ("case_id", "view", "pixel_spacing_mm", "report", "age", "sex")
 
 
 class _BoundInputs(nn.Module):
@@ -82,8 +99,7 @@ def gradcam_batch(model: LLNMNet, inputs: dict, layer: str = "fused"
     holds no positive evidence for LLNM (GradCAM++ keeps only the positive part).
     """
     layers = model.gradcam_layers()
-    if layer not in layers:
-        raise InputError(f"unknown GradCAM++ layer {layer!r} (known: {', '.join(layers)})")
+    check_choice("GradCAM++ layer", layer, layers)
     cam = GradCAMPlusPlus(model=_BoundInputs(model, {k: v for k, v in inputs.items()
                                                      if k != "image"}),
                           target_layers=[layers[layer]],
@@ -113,23 +129,40 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
 
 @dataclass
 class HeatmapResult:
-    """Predictions of every finished case and the cases that failed."""
+    """Predictions of every finished case, the cases that failed, and what a resumed run
+    found in its folder."""
 
     predictions: pd.DataFrame
     failures: list[tuple[str, str]] = field(default_factory=list)
+    resumed: Resumed = field(default_factory=Resumed)
+
+
+def case_digest(manifest: Manifest, row: pd.Series) -> str:
+    """Digest of what a case's heatmap is computed from: the manifest fields the model reads,
+    the bytes of its image and masks, and the llnm3d version."""
+    fields = {name: (None if pd.isna(row.get(name)) else str(row.get(name)))
+              for name in MODEL_FIELDS}
+    files = {column: file_digest(manifest.path(row, column))
+             for column in ("image", "nodule_mask", "thyroid_mask")}
+    return digest({"fields": fields, "files": files, "llnm3d": __version__})
+
+
+def _model_digests(model_dir: str | Path | None) -> dict[str, str | None]:
+    folder = Path(model_dir) if model_dir else MODEL_DIR
+    return {view: file_digest(folder / f"{view}.safetensors") for view in VIEWS}
 
 
 def _write_case(out_dir: Path, cases: Cases, position: int, cam_map: np.ndarray,
-                probability: float, version: str, image_path: Path) -> None:
+                probability: float, version: str, image_path: Path, input_digest: str) -> None:
     row = cases.table.iloc[position]
     heatmap = to_image_space(cam_map, cases.geometries[position]).clip(0, 1).astype(np.float32)
-    name = safe_name(row["case_id"])
+    name = file_stem(row["case_id"])
     with atomic_path(out_dir / "overlays" / f"{name}.png") as tmp:
         Image.fromarray(overlay(read_grayscale(image_path), heatmap)).save(tmp, format="PNG")
-    # The .npz goes last: its presence marks the case as finished.
+    # The .npz goes last: its presence (with the inputs' digest) marks the case as finished.
     write_npz(out_dir / "heatmaps" / f"{name}.npz", heatmap=heatmap,
               probability=np.float32(probability), case_id=str(row["case_id"]),
-              view=str(row["view"]), model_version=version)
+              view=str(row["view"]), model_version=version, input_digest=input_digest)
 
 
 def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
@@ -148,7 +181,7 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
     model_dir : path, optional
         Folder with ``transverse.*`` and ``longitudinal.*`` models; default the bundled ones.
     batch_size : int
-        Images per GradCAM++ pass.
+        Images per GradCAM++ pass, 1 to :data:`llnm3d.train.MAX_BATCH_SIZE`.
     device : str, optional
         ``cpu`` or ``cuda``; default CUDA when available.
     resize_masks : bool
@@ -157,13 +190,22 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
         GradCAM++ layer (:meth:`LLNMNet.gradcam_layers`): ``fused`` (default), ``last`` or
         ``bidirectional``.
     """
+    check_number("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE, integer=True)
+    check_optional_workers(workers)
+    check_choice("GradCAM++ layer", layer, GRADCAM_LAYERS)
     out_dir = ensure_writable_dir(out_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    removed = claim_folder(out_dir, "heatmap.json", FORMAT,
+                           {"layer": layer, "resize_masks": bool(resize_masks),
+                            "model_sha256": _model_digests(model_dir)}, "heatmap")
     manifest = as_manifest(manifest_path)
     failures = list(manifest.problems)
     all_cases = manifest.table
-    done = {p.stem for p in (out_dir / "heatmaps").glob("*.npz")}
-    manifest.table = all_cases[~all_cases["case_id"].map(safe_name).isin(done)]
+    digests = {row["case_id"]: case_digest(manifest, row) for _, row in all_cases.iterrows()}
+    paths = {case_id: out_dir / "heatmaps" / f"{file_stem(case_id)}.npz" for case_id in digests}
+    done, resumed = finished_cases(paths, digests)
+    resumed.temporaries_removed = removed
+    manifest.table = all_cases[~all_cases["case_id"].isin(done)]
     for view in VIEWS:
         if not (manifest.table["view"] == view).any():
             continue
@@ -180,19 +222,28 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
             for offset, position in enumerate(index):
                 row = cases.table.iloc[position]
                 _write_case(out_dir, cases, position, maps[offset], float(probability[offset]),
-                            version, manifest.path(row, "image"))
+                            version, manifest.path(row, "image"), digests[row["case_id"]])
             bar.update(len(index))
         bar.close()
-    predictions = _collect_predictions(out_dir, all_cases)
+    predictions = _collect_predictions(out_dir, all_cases, digests)
     with atomic_path(out_dir / "predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
-    return HeatmapResult(predictions, failures)
+    write_json(out_dir / "heatmap.json", {**read_json(out_dir / "heatmap.json"),
+                                          "complete": True, "llnm3d_version": __version__})
+    return HeatmapResult(predictions, failures, resumed)
 
 
-def _collect_predictions(out_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
+def _collect_predictions(out_dir: Path, table: pd.DataFrame, digests: dict[str, str]
+                         ) -> pd.DataFrame:
+    """Predictions of the cases of ``table`` whose heatmap is finished from their current
+    inputs (files of other cohorts or of changed inputs in the folder are left out)."""
     rows = []
-    for path in sorted((out_dir / "heatmaps").glob("*.npz")):
+    for path in finished_files(out_dir / "heatmaps", "*.npz"):
         with np.load(path) as data:
+            if str(data["case_id"]) not in digests or (
+                    "input_digest" not in data.files
+                    or str(data["input_digest"]) != digests[str(data["case_id"])]):
+                continue
             rows.append({"case_id": str(data["case_id"]), "view": str(data["view"]),
                          "probability": float(data["probability"]),
                          "heatmap_empty": not data["heatmap"].any(),
@@ -206,7 +257,7 @@ def _collect_predictions(out_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
 
 def load_heatmap(out_dir: str | Path, case_id: str) -> np.ndarray:
     """The heatmap (float32, image shape, 0..1) of one case from a heatmap folder."""
-    path = Path(out_dir) / "heatmaps" / f"{safe_name(case_id)}.npz"
+    path = Path(out_dir) / "heatmaps" / f"{file_stem(case_id)}.npz"
     if not path.exists():
         raise InputError(f"{path}: no heatmap for case {case_id!r}")
     with np.load(path) as data:

@@ -7,10 +7,14 @@ file or the complete new one, never a truncated file.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,11 +26,37 @@ from PIL import Image
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def safe_name(identifier: str) -> str:
-    """A file-name-safe form of a case id: characters other than letters, digits, '.', '_' and
-    '-' become '_' (and a leading '.' too, so no hidden files)."""
-    name = _UNSAFE.sub("_", str(identifier))
-    return "_" + name[1:] if name.startswith(".") else name
+def file_stem(identifier: str) -> str:
+    """The file name (without suffix) of the outputs of a case or nodule id.
+
+    An id made only of letters, digits, '.', '_' and '-' (and not starting with '.') is its own
+    name. Any other id has those characters replaced by '_' and ``~`` plus 10 hex digits of the
+    SHA-256 of the raw id appended, so ids that clean to the same text (``a/b`` and ``a_b``,
+    ``张三`` and ``李四``) never share a file: '~' cannot occur in an id kept as it is.
+    """
+    text = str(identifier)
+    name = _UNSAFE.sub("_", text)
+    name = "_" + name[1:] if name.startswith(".") else name
+    if name == text:
+        return name
+    return f"{name}~{hashlib.sha256(text.encode('utf-8')).hexdigest()[:10]}"
+
+
+def digest(data: Any) -> str:
+    """SHA-256 (hex) of the JSON text of ``data`` with sorted keys: a fingerprint of inputs."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=_json_default)
+                          .encode("utf-8")).hexdigest()
+
+
+def file_digest(path: str | os.PathLike | None) -> str | None:
+    """SHA-256 (hex) of a file's bytes (None for no path or a missing file)."""
+    if path is None or not Path(path).is_file():
+        return None
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 class InputError(ValueError):
@@ -43,26 +73,173 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+class WriteError(InputError):
+    """An output could not be written completely (full disk, read-only or failing file
+    system): the previous file, if any, is left as it was."""
+
+
+# errno values that mean "this output cannot be written here", as opposed to a bug.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES,
+                 errno.EPERM}
+TEMPORARY_MARK = ".tmp"
+
+
+def _disk_text(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return f"the disk holding {folder}"
+    return f"the disk holding {folder}, {free / 1e6:.1f} MB free"
+
+
+def _verify_zip(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"member {bad} is corrupt")
+
+
+def _verify_nifti(path: Path) -> None:
+    image = nib.load(path)
+    np.asarray(image.dataobj)  # reads and decompresses everything; gzip checks its CRC
+
+
+def _verify_png(path: Path) -> None:
+    with Image.open(path) as image:
+        image.load()
+
+
+def _verify_glb(path: Path) -> None:
+    header = path.read_bytes()[:12]
+    if len(header) < 12 or header[:4] != b"glTF":
+        raise ValueError("no GLB header")
+    if int.from_bytes(header[8:12], "little") != path.stat().st_size:
+        raise ValueError("GLB length field differs from the file size")
+
+
+def _verify_safetensors(path: Path) -> None:
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    end = max((entry["data_offsets"][1] for key, entry in header.items()
+               if key != "__metadata__"), default=0)
+    if 8 + length + end != size:
+        raise ValueError("size differs from what its header says")
+
+
+# Written by libraries that may not report a short write (SimpleITK prints and returns): read
+# back before the file replaces anything.
+_VERIFIERS = {".nii.gz": _verify_nifti, ".nii": _verify_nifti, ".npz": _verify_zip,
+              ".png": _verify_png, ".glb": _verify_glb, ".safetensors": _verify_safetensors}
+
+
+def _verify(tmp: Path, suffix: str) -> None:
+    if tmp.stat().st_size == 0:
+        raise ValueError("nothing was written")
+    for ending, verify in _VERIFIERS.items():
+        if suffix.endswith(ending):
+            verify(tmp)
+            return
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
+    """Yield a temporary path next to ``path``; when the block succeeds, check the file,
+    flush it to disk and rename it onto ``path``.
 
     The temporary name keeps the final suffixes (``.nii.gz``, ``.png``) so that libraries which
-    pick a format from the file name still work.
+    pick a format from the file name still work; it starts with '.' and contains
+    :data:`TEMPORARY_MARK`, so readers skip it (:func:`is_temporary`). The check reads back
+    NIfTI, npz, PNG, GLB and safetensors files and refuses empty ones, so a writer that
+    reports no error on a full disk cannot replace a good file with a truncated one.
+
+    Raises
+    ------
+    WriteError
+        If the file cannot be written completely (full disk, read-only or failing file
+        system); ``path`` keeps its previous content.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together (the maps and tables of one
+    result): none replaces its previous version until every one is written and checked, so a
+    failure leaves the whole previous set, never a mix of old and new files."""
+    paths = [Path(p) for p in paths]
+    temporaries: list[Path] = []
+    current = paths[0] if paths else Path(".")
     try:
-        yield tmp_path
-        os.chmod(tmp_path, _FILE_MODE)
-        os.replace(tmp_path, path)
+        try:
+            for current in paths:
+                current.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{current.name}.",
+                                           suffix=f"{TEMPORARY_MARK}{''.join(current.suffixes)}",
+                                           dir=current.parent)
+                os.close(fd)
+                temporaries.append(Path(tmp))
+            yield list(temporaries)
+            for current, tmp in zip(paths, temporaries):
+                try:
+                    _verify(tmp, "".join(current.suffixes))
+                except OSError:
+                    raise
+                except Exception as exc:
+                    raise WriteError(f"cannot write {current}: the file written is incomplete "
+                                     f"({exc}); {_disk_text(current.parent)}") from None
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, _FILE_MODE)
+            for current, tmp in zip(paths, temporaries):
+                os.replace(tmp, current)
+            for folder in {p.parent for p in paths}:
+                _fsync_dir(folder)
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                raise
+            raise WriteError(f"cannot write {current}: {exc.strerror} "
+                             f"({_disk_text(current.parent)})") from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        for tmp in temporaries:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary of :func:`atomic_path` (finished or left by a killed
+    run); readers of output folders skip them."""
+    name = Path(path).name
+    return name.startswith(".") and TEMPORARY_MARK in name
+
+
+def finished_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Files of ``folder`` matching ``pattern``, sorted, without temporaries."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob(pattern) if not is_temporary(p) and p.is_file())
+
+
+def remove_temporaries(folder: str | os.PathLike, older_than: float) -> int:
+    """Delete the temporaries of ``folder`` (recursively) last modified before
+    ``older_than`` (a ``time.time()``): leftovers of killed runs. Returns how many."""
+    removed = 0
+    for path in Path(folder).rglob(f".*{TEMPORARY_MARK}*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < older_than:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -163,12 +340,19 @@ def write_volume(
     spacing_mm : float
         Isotropic voxel size in mm.
     """
+    with atomic_path(path) as tmp:
+        write_nifti(tmp, array_zyx, origin_mm, spacing_mm)
+
+
+def write_nifti(path: str | os.PathLike, array_zyx: np.ndarray, origin_mm: np.ndarray,
+                spacing_mm: float) -> None:
+    """Write a volume as :func:`write_volume` does, but in place (for a path from
+    :func:`atomic_path` or :func:`atomic_paths`)."""
     image = sitk.GetImageFromArray(array_zyx)
     image.SetOrigin(tuple(float(v) for v in origin_mm))
     image.SetSpacing((float(spacing_mm),) * 3)
     image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:

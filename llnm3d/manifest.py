@@ -8,12 +8,13 @@ unreadable, required columns absent) raise :class:`~llnm3d.io.InputError`.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .io import InputError
+from .io import InputError, file_stem
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "nodule_id", "side", "view", "image")
 OPTIONAL_COLUMNS = ("thyroid_mask", "nodule_mask", "pixel_spacing_mm", "label", "age", "sex",
@@ -21,6 +22,11 @@ OPTIONAL_COLUMNS = ("thyroid_mask", "nodule_mask", "pixel_spacing_mm", "label", 
 SIDES = ("L", "R")
 VIEWS = ("transverse", "longitudinal")
 PATH_COLUMNS = ("image", "thyroid_mask", "nodule_mask")
+# Physical ranges of the numeric columns (inclusive): (low, high, unit). Thyroid ultrasound
+# pixels are 0.05-0.3 mm; 0.01-2 mm leaves room for any probe or resampling while refusing
+# what is no pixel size at all (a unit slip such as micrometres or metres, a broken export),
+# which would scale every registered nodule by the same error. Ages are whole human lifespans.
+NUMERIC_RANGES = {"pixel_spacing_mm": (0.01, 2.0, "mm"), "age": (0.0, 120.0, "years")}
 
 
 @dataclass
@@ -95,16 +101,24 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
     problems: list[tuple[str, str]] = []
     keep, left_out = [], []
     seen: set[str] = set()
+    file_names: dict[str, str] = {}
     for index, row in table.iterrows():
         case_id = row["case_id"].strip() or f"row {index + 2}"
         problem = _row_problem(row, root, allow_outside)
         if problem is None and case_id in seen:
             problem = "duplicate case_id"
+        # Outputs are named by the id: ids differing only in letter case would share files on
+        # case-insensitive disks (macOS, Windows).
+        folded = file_stem(case_id).casefold()
+        if problem is None and file_names.get(folded, case_id) != case_id:
+            problem = (f"case_id differs from {file_names[folded]!r} only in letter case; "
+                       "their output files would collide on case-insensitive disks")
         if problem:
             problems.append((case_id, problem))
             left_out.append(index)
         else:
             keep.append(index)
+            file_names.setdefault(folded, case_id)
         seen.add(case_id)
     valid = _normalise(table.loc[keep].copy())
     rejected = table.loc[left_out, ["case_id", "patient_id", "nodule_id"]].apply(
@@ -122,15 +136,10 @@ def _row_problem(row: pd.Series, root: Path, allow_outside: bool) -> str | None:
         return f"unknown side {row['side']!r} (expected L, R, or empty when unknown)"
     if row["view"].strip().lower() not in VIEWS:
         return f"unknown view {row['view']!r} (expected transverse or longitudinal)"
-    for column in ("pixel_spacing_mm", "age"):
-        value = row.get(column, "").strip()
-        if value:
-            try:
-                number = float(value)
-            except ValueError:
-                return f"{column} {value!r} is not a number"
-            if not number > 0 and not (column == "age" and number == 0):
-                return f"{column} {value!r} must be positive"
+    for column in NUMERIC_RANGES:
+        problem = _number_problem(column, row.get(column, "").strip())
+        if problem:
+            return problem
     if row.get("label", "").strip() not in ("", "0", "1"):
         return f"label {row['label']!r} must be 0, 1 or empty"
     if row.get("sex", "").strip().upper() not in ("", "F", "M"):
@@ -146,6 +155,25 @@ def _row_problem(row: pd.Series, root: Path, allow_outside: bool) -> str | None:
             return f"{column} path {value!r} leads outside the cohort folder"
         if not target.is_file():
             return f"{column} file {value!r} not found"
+    return None
+
+
+def _number_problem(column: str, value: str) -> str | None:
+    """Why a numeric cell is unusable (not a finite number, outside
+    :data:`NUMERIC_RANGES`), or None for a usable or empty one."""
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return f"{column} {value!r} is not a number"
+    low, high, unit = NUMERIC_RANGES[column]
+    if not math.isfinite(number):
+        return f"{column} {value!r} is not a finite number"
+    if not number > 0 and not (column == "age" and number == 0):
+        return f"{column} {value!r} must be positive"
+    if not low <= number <= high:
+        return f"{column} {value!r} is outside the physical range {low:g}-{high:g} {unit}"
     return None
 
 

@@ -8,11 +8,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from .checks import check_number
 from .io import atomic_path, read_grayscale, read_mask
 from .manifest import Manifest
 
 THYROID_COLOUR = (255, 215, 0)
 NODULE_COLOUR = (255, 40, 40)
+# A contact sheet is for looking at: 256 tiles are already 64 rows of 4.
+MAX_SHEET_IMAGES = 256
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -35,8 +38,12 @@ def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns:
     """Write a PNG grid of the first ``n`` images of a manifest with mask outlines.
 
     Thyroid masks are outlined in yellow, nodule masks in red; each tile is captioned with its
-    case id and side.
+    case id and side. ``n`` is 1 to :data:`MAX_SHEET_IMAGES`, ``columns`` 1 to 16 and
+    ``tile_px`` 32 to 1024 (a sheet to look at, not an archive).
     """
+    check_number("n", n, low=1, high=MAX_SHEET_IMAGES, integer=True)
+    check_number("columns", columns, low=1, high=16, integer=True)
+    check_number("tile_px", tile_px, low=32, high=1024, integer=True)
     rows = manifest.table.head(n)
     n_rows = max(1, -(-len(rows) // columns))
     caption_px, gutter_px = 16, 4

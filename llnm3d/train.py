@@ -25,14 +25,42 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .cases import Cases, load_cases
+from .checks import check_choice, check_number, check_optional_workers, check_seed
 from .io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
 from .manifest import Manifest, as_manifest
-from .model import SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
+from .model import CONFIGS, SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
+
+
+# Sane maxima: beyond them a value is a typo (the phantom model converges in 20 epochs).
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Training hyper-parameters."""
+    """Training hyper-parameters, checked on construction (InputError naming the field).
+
+    Attributes
+    ----------
+    config : {"small", "full"}
+    epochs : int
+        1 to :data:`MAX_EPOCHS`.
+    batch_size : int
+        1 to :data:`MAX_BATCH_SIZE`.
+    learning_rate : float
+        Peak learning rate, in (0, 1].
+    weight_decay : float
+        In [0, 1).
+    warmup_epochs : int
+        0 to :data:`MAX_EPOCHS` (more than ``epochs`` ends the run still warming up).
+    val_fraction : float
+        Share of patients held out for validation, in (0, 1).
+    seed : int
+        0 to :data:`llnm3d.checks.MAX_SEED`.
+    modality_dropout : float
+        Per-case probability of hiding each optional input, in [0, 1) (1 would hide them
+        always).
+    """
 
     config: str = "small"
     epochs: int = 30
@@ -43,6 +71,19 @@ class TrainSettings:
     val_fraction: float = 0.2
     seed: int = 0
     modality_dropout: float = 0.15
+
+    def __post_init__(self) -> None:
+        check_choice("config", self.config, CONFIGS)
+        check_number("epochs", self.epochs, low=1, high=MAX_EPOCHS, integer=True)
+        check_number("batch_size", self.batch_size, low=1, high=MAX_BATCH_SIZE, integer=True)
+        check_number("learning_rate", self.learning_rate, low=0, high=1, low_inclusive=False)
+        check_number("weight_decay", self.weight_decay, low=0, high=1, high_inclusive=False)
+        check_number("warmup_epochs", self.warmup_epochs, low=0, high=MAX_EPOCHS, integer=True)
+        check_number("val_fraction", self.val_fraction, low=0, high=1, low_inclusive=False,
+                     high_inclusive=False)
+        check_seed(self.seed)
+        check_number("modality_dropout", self.modality_dropout, low=0, high=1,
+                     high_inclusive=False)
 
 
 def split_by_patient(table: pd.DataFrame, val_fraction: float, seed: int
@@ -178,8 +219,8 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
     device : str, optional
         ``cpu`` or ``cuda``; default CUDA when available.
     """
-    if view not in ("transverse", "longitudinal"):
-        raise InputError(f"unknown view {view!r}: expected transverse or longitudinal")
+    check_choice("view", view, ("transverse", "longitudinal"))
+    check_optional_workers(workers)
     out_dir = ensure_writable_dir(out_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)

@@ -96,3 +96,46 @@ def test_heatmap_and_register_name_each_broken_case_and_finish_the_rest(corpus, 
     result = _run("train", "--manifest", split_manifest, "--view", "transverse", "--out",
                   tmp_path / "model")
     assert result.exit_code == 2 and "patient" in result.output and "both" in result.output
+
+
+def test_ids_that_clean_alike_through_the_cli_keep_their_own_results(cohort, tmp_path):
+    folder = tmp_path / "cohort"
+    shutil.copytree(cohort.out_dir, folder)
+    table = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False).head(4)
+    table["case_id"] = ["a/b", "a_b", "张三\nfailed: forged", "李四"]
+    table.to_csv(folder / "ids.csv", index=False)
+    result = _run("heatmap", "--manifest", folder / "ids.csv", "--out", tmp_path / "heat")
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(tmp_path / "heat" / "predictions.csv", dtype=str,
+                              keep_default_na=False)
+    assert sorted(predictions["case_id"]) == sorted(table["case_id"])
+    assert len(list((tmp_path / "heat" / "overlays").glob("*.png"))) == 4
+
+
+def test_a_full_disk_while_writing_maps_keeps_the_previous_ones(registered, monkeypatch,
+                                                                tmp_path):
+    from llnm3d import io
+
+    out = tmp_path / "stats"
+    args = ("aggregate", "--registered", registered.out_dir, "--out", out, "--estimator",
+            "weighted", "--min-cases", 2, "--permutations", 0, "--workers", 1)
+    assert _run(*args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    real = io.sitk.WriteImage
+    calls = []
+
+    def short_write(image, path, useCompression=True):  # the disk fills at the third map
+        real(image, path, useCompression)
+        calls.append(path)
+        if len(calls) >= 3:
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 3])
+
+    monkeypatch.setattr(io.sitk, "WriteImage", short_write)
+    result = _run(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and (
+        "incomplete" in lines[0] and "MB free" in lines[0]), lines
+    assert len(calls) > 3  # the maps were all written before any replaced its old version
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -3,6 +3,7 @@ import json
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from llnm3d import load_stats
 from llnm3d.cli import app
 from llnm3d.export import (
+    PUBLISH_MIN_CASES,
     apply_colormap,
     export_field,
     export_isosurfaces,
@@ -88,9 +90,9 @@ def validate(paths):
 
 
 @pytest.fixture(scope="module")
-def exported(stats_dir, atlas, tmp_path_factory):
+def exported(publishable_stats_dir, atlas, tmp_path_factory):
     out = tmp_path_factory.mktemp("glb")
-    return out, export_stats(stats_dir, out, atlas=atlas)
+    return out, export_stats(publishable_stats_dir, out, atlas=atlas)
 
 
 def test_every_file_passes_the_khronos_validator(exported, atlas, tmp_path):
@@ -105,9 +107,9 @@ def test_every_file_passes_the_khronos_validator(exported, atlas, tmp_path):
         assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, report
 
 
-def test_field_points_carry_the_map_values_at_their_voxels(exported, stats_dir):
+def test_field_points_carry_the_map_values_at_their_voxels(exported, publishable_stats_dir):
     out, result = exported
-    stats = load_stats(stats_dir)
+    stats = load_stats(publishable_stats_dir)
     doc, accessor = read_glb(out / "field.glb")
     node = next(n for n in doc["nodes"] if n.get("name") == "probability_field")
     attributes = doc["meshes"][node["mesh"]]["primitives"][0]["attributes"]
@@ -115,7 +117,7 @@ def test_field_points_carry_the_map_values_at_their_voxels(exported, stats_dir):
     points_mm = node_points_mm(doc, accessor, node)
     # One point per shown voxel of the 1 mm grid (every 2nd voxel of the 0.5 mm map).
     shown = np.isfinite(stats.volumes["probability"][::2, ::2, ::2]) & (
-        stats.volumes["n_nodules"][::2, ::2, ::2] >= 2)
+        stats.volumes["n_nodules"][::2, ::2, ::2] >= PUBLISH_MIN_CASES)
     assert len(points_mm) == shown.sum() == result["points"] > 100
     np.testing.assert_allclose(accessor(attributes["_PROB"]),
                                stats.value_at("probability", points_mm), atol=1e-6)
@@ -126,9 +128,12 @@ def test_field_points_carry_the_map_values_at_their_voxels(exported, stats_dir):
                                atol=1e-4)
     np.testing.assert_allclose(ci[:, 1], stats.value_at("probability_ci_high", points_mm),
                                atol=1e-4)
-    assert (accessor(attributes["_N"]) >= 2).all()
+    assert (accessor(attributes["_N"]) >= PUBLISH_MIN_CASES).all()
     extras = doc["asset"]["extras"]
-    assert extras["units"] == "mm" and extras["min_cases"] == 2
+    assert extras["units"] == "mm" and extras["min_cases"] == PUBLISH_MIN_CASES
+    assert result["notes"] == [
+        "the aggregation used min-cases 2; published voxels and table rows need at least 5 "
+        "nodules (the publishing floor), so fewer are not shown"]
     assert extras["nodules"] == stats.summary["nodules"]
     assert extras["probability_range"] == pytest.approx(
         [accessor(attributes["_PROB"]).min(), accessor(attributes["_PROB"]).max()])
@@ -140,20 +145,24 @@ def test_field_points_carry_the_map_values_at_their_voxels(exported, stats_dir):
     np.testing.assert_allclose(rotation @ [0, -1, 0], [0, 0, 1], atol=1e-7)
 
 
-def test_raising_min_cases_hides_voxels_and_lowering_it_is_refused(stats_dir, tmp_path):
-    stats = load_stats(stats_dir)
+def test_raising_min_cases_hides_voxels_and_lowering_it_is_refused(publishable_stats_dir, tmp_path):
+    stats = load_stats(publishable_stats_dir)
     low = export_field(stats, tmp_path / "a.glb")
-    high = export_field(stats, tmp_path / "b.glb", min_cases=4)
-    expected = (stats.volumes["n_nodules"][::2, ::2, ::2] >= 4) & np.isfinite(
+    high = export_field(stats, tmp_path / "b.glb", min_cases=7)
+    expected = (stats.volumes["n_nodules"][::2, ::2, ::2] >= 7) & np.isfinite(
         stats.volumes["probability"][::2, ::2, ::2])
     assert high.points == expected.sum() < low.points
-    with pytest.raises(InputError, match="below the aggregation's 2"):
-        export_field(stats, tmp_path / "c.glb", min_cases=1)
+    assert high.notes == []  # a threshold asked for needs no note
+    with pytest.raises(InputError, match="below the publishing floor of 5"):
+        export_field(stats, tmp_path / "c.glb", min_cases=4)
+    strict = replace(stats, summary=stats.summary | {"parameters": {"min_cases": 6}})
+    with pytest.raises(InputError, match="below the aggregation's 6"):
+        export_field(strict, tmp_path / "d.glb", min_cases=5)
 
 
-def test_capsule_and_isosurfaces_are_closed_and_in_the_right_place(exported, stats_dir, atlas):
+def test_capsule_and_isosurfaces_are_closed_and_in_the_right_place(exported, publishable_stats_dir, atlas):
     out, result = exported
-    stats = load_stats(stats_dir)
+    stats = load_stats(publishable_stats_dir)
     doc, accessor = read_glb(out / "capsule.glb")
     node = next(n for n in doc["nodes"] if n.get("name") == "capsule")
     primitive = doc["meshes"][node["mesh"]]["primitives"][0]
@@ -167,7 +176,8 @@ def test_capsule_and_isosurfaces_are_closed_and_in_the_right_place(exported, sta
     # A vertex without a value has no shown voxel just inside it.
     normals_mm = accessor(primitive["attributes"]["NORMAL"])
     probe = mesh.vertices[~known] - 0.75 * normals_mm[~known]
-    shown = np.where(stats.volumes["n_nodules"] >= 2, stats.volumes["probability"], np.nan)
+    shown = np.where(stats.volumes["n_nodules"] >= PUBLISH_MIN_CASES,
+                     stats.volumes["probability"], np.nan)
     assert np.isnan(shown[tuple(np.rint(atlas.world_to_voxel(probe)).astype(int)[:, ::-1].T)]
                     ).all()
     low, high = result["probability_range"]
@@ -201,14 +211,14 @@ def test_colormap_endpoints_and_unknown_name():
         apply_colormap([0.5], (0, 1), "jet")
 
 
-def test_bad_stats_folders_give_clear_errors(stats_dir, tmp_path):
+def test_bad_stats_folders_give_clear_errors(publishable_stats_dir, tmp_path):
     broken = tmp_path / "missing"
-    shutil.copytree(stats_dir, broken)
+    shutil.copytree(publishable_stats_dir, broken)
     (broken / "probability.nii.gz").unlink()
     with pytest.raises(InputError, match="probability.nii.gz is missing"):
         export_stats(broken, tmp_path / "out1")
     malformed = tmp_path / "malformed"
-    shutil.copytree(stats_dir, malformed)
+    shutil.copytree(publishable_stats_dir, malformed)
     (malformed / "n_nodules.nii.gz").write_bytes(gzip.compress(b"not a nifti")[:20])
     with pytest.raises(InputError, match="n_nodules.nii.gz"):
         export_stats(malformed, tmp_path / "out2")
@@ -231,8 +241,8 @@ def test_points_csv_errors_name_file_and_line(tmp_path):
                                [1, 128 / 255, 0])
 
 
-def test_cli_export(stats_dir, tmp_path):
-    result = CliRunner().invoke(app, ["export", "--stats", str(stats_dir), "--out",
+def test_cli_export(publishable_stats_dir, tmp_path):
+    result = CliRunner().invoke(app, ["export", "--stats", str(publishable_stats_dir), "--out",
                                       str(tmp_path), "--levels", "0.3,0.35"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.glob("*.glb")) == [
@@ -240,6 +250,6 @@ def test_cli_export(stats_dir, tmp_path):
     result = CliRunner().invoke(app, ["export", "--stats", str(tmp_path), "--out",
                                       str(tmp_path / "x")])
     assert result.exit_code == 2 and "no summary.json" in result.output
-    result = CliRunner().invoke(app, ["export", "--stats", str(stats_dir), "--out",
+    result = CliRunner().invoke(app, ["export", "--stats", str(publishable_stats_dir), "--out",
                                       str(tmp_path), "--levels", "high"])
     assert result.exit_code == 2 and "--levels" in result.output

@@ -16,9 +16,9 @@ HOSTILE = '</title><script>alert("x")</script> & <b>bold</b>'
 
 
 @pytest.fixture(scope="module")
-def built(stats_dir, atlas, tmp_path_factory):
+def built(publishable_stats_dir, atlas, tmp_path_factory):
     out = tmp_path_factory.mktemp("sites") / "site"
-    return build_site(out, stats_dir, points_csv=PUBLISHED, atlas=atlas, title=HOSTILE,
+    return build_site(out, publishable_stats_dir, points_csv=PUBLISHED, atlas=atlas, title=HOSTILE,
                       description=HOSTILE)
 
 
@@ -52,10 +52,10 @@ def test_text_reaching_html_is_escaped(built):
     assert json.loads((built / "data.json").read_text())["title"] == HOSTILE
 
 
-def test_site_carries_aggregates_only(built, cohort, registered, stats_dir):
+def test_site_carries_aggregates_only(built, cohort, registered, publishable_stats_dir):
     """No case id, patient id, nodule key or input path anywhere in the built files."""
     needles = set(cohort.manifest["case_id"]) | set(cohort.manifest["patient_id"])
-    needles |= set(registered.qc["nodule"]) | {str(stats_dir), str(registered.out_dir),
+    needles |= set(registered.qc["nodule"]) | {str(publishable_stats_dir), str(registered.out_dir),
                                               str(cohort.out_dir)}
     for path in built.rglob("*"):
         if path.is_file():
@@ -64,13 +64,13 @@ def test_site_carries_aggregates_only(built, cohort, registered, stats_dir):
             assert not found, (path, found[:5])
 
 
-def test_table_rows_below_min_cases_are_suppressed(built, stats_dir):
+def test_table_rows_below_min_cases_are_suppressed(built, publishable_stats_dir):
     data = json.loads((built / "data.json").read_text())
     regions = data["tables"]["regions"]
     columns = regions["columns"]
     from llnm3d import load_stats
 
-    table = load_stats(stats_dir).regions
+    table = load_stats(publishable_stats_dir).regions
     for cells, (_, row) in zip(regions["rows"], table.iterrows()):
         record = dict(zip(columns, cells))
         assert record["region"] == row["region"]
@@ -81,8 +81,8 @@ def test_table_rows_below_min_cases_are_suppressed(built, stats_dir):
             assert record["risk"] == pytest.approx(row["risk"], abs=1e-4)
 
 
-def test_empty_map_builds_a_page_that_says_so(stats_dir, atlas, tmp_path):
-    out = build_site(tmp_path / "site", stats_dir, atlas=atlas, min_cases=10_000)
+def test_empty_map_builds_a_page_that_says_so(publishable_stats_dir, atlas, tmp_path):
+    out = build_site(tmp_path / "site", publishable_stats_dir, atlas=atlas, min_cases=10_000)
     data = json.loads((out / "data.json").read_text())
     assert data["points"] == 0 and data["probability_range"] is None
     assert any("no voxel has at least 10000 nodules" in note for note in data["notes"])
@@ -90,9 +90,9 @@ def test_empty_map_builds_a_page_that_says_so(stats_dir, atlas, tmp_path):
     assert all(row[2] is None for row in data["tables"]["regions"]["rows"])
 
 
-def test_rebuild_replaces_atomically_and_refuses_foreign_folders(stats_dir, atlas, tmp_path,
+def test_rebuild_replaces_atomically_and_refuses_foreign_folders(publishable_stats_dir, atlas, tmp_path,
                                                                  monkeypatch):
-    out = build_site(tmp_path / "site", stats_dir, atlas=atlas, title="first")
+    out = build_site(tmp_path / "site", publishable_stats_dir, atlas=atlas, title="first")
     before = (out / "data.json").read_text()
 
     def broken(*args, **kwargs):
@@ -100,22 +100,22 @@ def test_rebuild_replaces_atomically_and_refuses_foreign_folders(stats_dir, atla
 
     monkeypatch.setattr(site_module, "_render", broken)
     with pytest.raises(RuntimeError):
-        build_site(out, stats_dir, atlas=atlas, title="second")
+        build_site(out, publishable_stats_dir, atlas=atlas, title="second")
     assert (out / "data.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no half-built leftovers
     monkeypatch.undo()
-    build_site(out, stats_dir, atlas=atlas, title="second")
+    build_site(out, publishable_stats_dir, atlas=atlas, title="second")
     assert json.loads((out / "data.json").read_text())["title"] == "second"
 
     foreign = tmp_path / "home"
     foreign.mkdir()
     (foreign / "thesis.docx").write_text("precious")
     with pytest.raises(InputError, match="not an llnm3d site"):
-        build_site(foreign, stats_dir, atlas=atlas)
+        build_site(foreign, publishable_stats_dir, atlas=atlas)
     assert (foreign / "thesis.docx").read_text() == "precious"
 
 
-def test_points_only_site_and_cli(tmp_path, stats_dir):
+def test_points_only_site_and_cli(tmp_path, publishable_stats_dir):
     result = CliRunner().invoke(app, ["build-site", "--points", str(PUBLISHED), "--out",
                                       str(tmp_path / "points")])
     assert result.exit_code == 0, result.output

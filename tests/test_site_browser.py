@@ -28,7 +28,7 @@ HOSTILE = '<b>bold</b> & <script>window.hacked = 1</script>'
 
 
 @pytest.fixture(scope="module")
-def site(stats_dir, atlas, tmp_path_factory):
+def site(publishable_stats_dir, atlas, tmp_path_factory):
     from llnm3d.site import build_site
 
     folder = tmp_path_factory.mktemp("browser-site")
@@ -40,7 +40,7 @@ def site(stats_dir, atlas, tmp_path_factory):
     points_csv = folder / "points.csv"
     np.savetxt(points_csv, np.hstack([xyz, colours]), delimiter=",", header="x,y,z,r,g,b",
                comments="")
-    out = build_site(folder / "site", stats_dir, points_csv=points_csv, atlas=atlas,
+    out = build_site(folder / "site", publishable_stats_dir, points_csv=points_csv, atlas=atlas,
                      title=f"Viewer test {HOSTILE}", description=f"Description {HOSTILE}")
     return Path(out)
 
@@ -330,12 +330,12 @@ def test_messages_for_missing_webgl_and_missing_assets(browser, base_url, data):
     missing.close()
 
 
-def test_empty_field_and_points_only_sites(browser, site, stats_dir, atlas, tmp_path):
+def test_empty_field_and_points_only_sites(browser, site, publishable_stats_dir, atlas, tmp_path):
     """A site whose minimum hides every voxel shows the surface and says why; a site of the
     published points alone works without field controls."""
     from llnm3d.site import build_site
 
-    empty = build_site(tmp_path / "empty", stats_dir, atlas=atlas, min_cases=10**6)
+    empty = build_site(tmp_path / "empty", publishable_stats_dir, atlas=atlas, min_cases=10**6)
     points_only = build_site(tmp_path / "points", points_csv=site.parent / "points.csv",
                              atlas=atlas)
     for folder, layer in ((empty, "capsule"), (points_only, "published_points")):

@@ -20,6 +20,7 @@ not rendered again, and the tables are rewritten at the end.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,17 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from .. import __version__
-from ..atlas import REGION_NAMES, Atlas
-from ..io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
+from ..atlas import REGION_NAMES, Atlas, as_atlas
+from ..checks import check_number, check_optional_workers, check_seed
+from ..io import (
+    InputError,
+    atomic_path,
+    ensure_writable_dir,
+    read_json,
+    remove_temporaries,
+    write_json,
+)
+from ..manifest import NUMERIC_RANGES
 from ..parallel import map_cases
 from .deform import PatientDeformation
 from .nodules import Nodule, report_text, sample_nodules, tirads_level, tirads_points
@@ -40,6 +50,11 @@ from .ultrasound import ViewPlane, render_view
 VIEWS = ("transverse", "longitudinal")
 MANIFEST_COLUMNS = ["case_id", "patient_id", "nodule_id", "side", "view", "image", "thyroid_mask",
                     "nodule_mask", "pixel_spacing_mm", "label", "age", "sex", "report"]
+# The validation study's largest cohort has 8,000 patients; 100,000 are about 400,000 images
+# (tens of GB, a day of rendering): more is a typo, not a study.
+MAX_PATIENTS = 100_000
+# Nodule counts are 1 + Poisson(0.4), capped at max_nodules: a cap above 10 never binds.
+MAX_NODULES = 10
 
 
 @dataclass
@@ -79,7 +94,7 @@ class _Patient:
 
 
 def make_phantom(out_dir: str | Path, n_patients: int, seed: int = 0,
-                 risk_spec: RiskSpec | None = None, atlas: Atlas | None = None,
+                 risk_spec: RiskSpec | None = None, atlas: Atlas | str | Path | None = None,
                  image_size_px: int = 256, spacing_range_mm: tuple[float, float] = (0.12, 0.18),
                  max_nodules: int = 3, workers: int | None = None, progress: bool = True
                  ) -> Phantom:
@@ -91,32 +106,35 @@ def make_phantom(out_dir: str | Path, n_patients: int, seed: int = 0,
         Output folder (created). Re-running into the same folder with the same parameters
         resumes; different parameters raise :class:`~llnm3d.io.InputError`.
     n_patients : int
-        Number of patients; each has 1 to ``max_nodules`` nodules and two images per nodule.
+        Number of patients, 1 to :data:`MAX_PATIENTS`; each has 1 to ``max_nodules`` nodules
+        and two images per nodule.
     seed : int
-        Seed of all randomness (recorded in phantom.json and truth.json).
+        Seed of all randomness (recorded in phantom.json and truth.json), 0 to
+        :data:`llnm3d.checks.MAX_SEED`.
     risk_spec : RiskSpec, optional
         Planted risk model; :meth:`RiskSpec.default` if omitted.
-    atlas : Atlas, optional
-        Atlas the patients are deformed from; :meth:`Atlas.default` if omitted. It must carry
-        landmarks (trachea, carotids) for the ultrasound simulation.
+    atlas : Atlas or path, optional
+        Atlas (or its folder) the patients are deformed from; :meth:`Atlas.default` if
+        omitted. It must carry landmarks (trachea, carotids) for the ultrasound simulation.
     image_size_px : int
-        Images are square, this many pixels a side.
+        Images are square, this many pixels a side (64 to 2048).
     spacing_range_mm : (float, float)
-        Pixel spacing is drawn per patient from this range (recorded per image).
+        Pixel spacing is drawn per patient from this range (recorded per image), within the
+        manifest's :data:`~llnm3d.manifest.NUMERIC_RANGES`.
     max_nodules : int
-        At most this many nodules per patient.
+        At most this many nodules per patient (1 to :data:`MAX_NODULES`).
     workers : int, optional
         Worker processes (default: all cores); 1 runs in this process. The output does not
         depend on it.
     progress : bool
         Show a progress bar.
     """
-    _require_patients(n_patients)
-    if not 64 <= image_size_px <= 2048:
-        raise InputError(f"image size {image_size_px} px is outside 64-2048")
+    _check_cohort(n_patients, seed, max_nodules, workers)
+    check_number("image_size_px", image_size_px, low=64, high=2048, integer=True)
+    _check_spacing_range(spacing_range_mm)
+    atlas = as_atlas(atlas) or Atlas.default()
     out_dir = ensure_writable_dir(out_dir)
     risk_spec = risk_spec or RiskSpec.default()
-    atlas = atlas or Atlas.default()
     if not {"trachea", "carotid_right", "carotid_left"} <= set(atlas.landmarks):
         raise InputError("atlas has no trachea/carotid landmarks; the phantom needs them")
     _check_resume(out_dir, {"format": "llnm3d-phantom/1", "n_patients": n_patients, "seed": seed,
@@ -148,16 +166,16 @@ def make_phantom(out_dir: str | Path, n_patients: int, seed: int = 0,
 
 
 def sample_truth(n_patients: int, seed: int = 0, risk_spec: RiskSpec | None = None,
-                 atlas: Atlas | None = None, max_nodules: int = 3, workers: int | None = None,
-                 progress: bool = False) -> pd.DataFrame:
+                 atlas: Atlas | str | Path | None = None, max_nodules: int = 3,
+                 workers: int | None = None, progress: bool = False) -> pd.DataFrame:
     """The truth table :func:`make_phantom` would write for these arguments, without images.
 
     Draws exactly the same patients, nodules and outcomes (same random streams), about ten
     times faster, for studies of the planted risk model over large cohorts.
     """
-    _require_patients(n_patients)
+    _check_cohort(n_patients, seed, max_nodules, workers)
     settings = _Settings(256, (0.12, 0.18), max_nodules, render=False)
-    results, _ = _run_patients(n_patients, seed, atlas or Atlas.default(),
+    results, _ = _run_patients(n_patients, seed, as_atlas(atlas) or Atlas.default(),
                                risk_spec or RiskSpec.default(), settings, None, workers, progress)
     return pd.DataFrame([row for r in results for row in r["truth"]])
 
@@ -171,17 +189,36 @@ def _run_patients(n_patients, seed, atlas, spec, settings, out_dir, workers, pro
                      initializer=_init_worker, initargs=(atlas, spec, settings, out_dir))
 
 
-def _require_patients(n_patients: int) -> None:
-    if n_patients < 1:
-        raise InputError(f"number of patients must be at least 1, got {n_patients}")
+def _check_cohort(n_patients: int, seed: int, max_nodules: int, workers: int | None) -> None:
+    """Raise InputError, naming the parameter, for arguments no phantom can be made with."""
+    check_number("n_patients", n_patients, low=1, high=MAX_PATIENTS, integer=True)
+    check_seed(seed)
+    check_number("max_nodules", max_nodules, low=1, high=MAX_NODULES, integer=True)
+    check_optional_workers(workers)
+
+
+def _check_spacing_range(spacing_range_mm) -> None:
+    """Refuse a pixel spacing range that is not (low, high) within the manifest's physical
+    range, so the phantom's manifest always passes its own check."""
+    low, high, _ = NUMERIC_RANGES["pixel_spacing_mm"]
+    try:
+        first, last = spacing_range_mm
+    except (TypeError, ValueError):
+        raise InputError(f"spacing_range_mm must be a pair (low, high), got "
+                         f"{spacing_range_mm!r}") from None
+    check_number("spacing_range_mm low", first, low=low, high=high)
+    check_number("spacing_range_mm high", last, low=first, high=high)
 
 
 def _check_resume(out_dir: Path, params: dict) -> None:
+    """Refuse a folder made with other parameters; remove temporaries of killed runs."""
+    started = time.time()
     record = out_dir / "phantom.json"
     if record.exists() and read_json(record) != params:
         raise InputError(f"{out_dir} holds a phantom made with other parameters; "
                          "use a new folder or delete it")
     write_json(record, params)
+    remove_temporaries(out_dir, started)
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> None:

@@ -6,9 +6,13 @@ Output folder::
     qc.csv                 one row per nodule of the manifest (columns in :data:`QC_COLUMNS`)
     register.json          parameters, atlas grid, software version, counts
 
-A nodule is ``(patient_id, nodule_id)``; its key is ``<patient_id>-N<nodule_id>``. Resumable: a
-nodule whose patch exists is not registered again (a run with other parameters into the same
-folder is refused), failed nodules are retried. Parallel over nodules on local processes or a
+A nodule is ``(patient_id, nodule_id)``; its key is ``<patient_id>-N<nodule_id>``
+(:func:`nodule_key`), its patch file is named by :func:`llnm3d.io.file_stem` of the key, and two
+nodules whose keys or file names would coincide fail with a reason naming both. Resumable by
+content (:mod:`llnm3d.resume`): a nodule whose patch holds the digest of its current inputs
+(manifest fields, the bytes of its images, masks and heatmaps, the llnm3d version) is not
+registered again, a changed or unreadable one is redone, failed nodules are retried, and a run
+with other parameters into the same folder is refused. Parallel over nodules on local processes or a
 Dask cluster (:func:`llnm3d.parallel.map_cases`); each nodule is computed single-threaded from
 its own inputs, so the results do not depend on where or in which order they ran.
 """
@@ -27,20 +31,24 @@ from PIL import Image
 from skimage.measure import regionprops
 
 from .. import __version__
-from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, part_name
+from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, part_name
+from ..checks import check_choice, check_number, check_optional_workers
 from ..io import (
     InputError,
     atomic_path,
+    digest,
     ensure_writable_dir,
+    file_digest,
+    file_stem,
     read_json,
     read_mask,
-    safe_name,
     to_json,
     write_json,
     write_npz,
 )
 from ..manifest import Manifest, as_manifest
 from ..parallel import map_cases
+from ..resume import Resumed, claim_folder, finished_cases
 from .fusion import NoduleRegistration, Patch, fuse_views, grid_signature, register_nodule
 from .views import VIEWS, RegistrationError, ViewImage
 
@@ -90,19 +98,22 @@ class Registered:
     out_dir : Path or None
         Folder the patches are in (None when registered in memory).
     failures : list of (nodule, reason)
+    resumed : Resumed
+        What a run into an existing folder reused and redid.
     """
 
     qc: pd.DataFrame
     out_dir: Path | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
     _patches: dict[str, Patch] = field(default_factory=dict, repr=False)
+    resumed: Resumed = field(default_factory=Resumed)
 
     def patch(self, nodule: str) -> Patch:
         """The patch of one nodule (read from disk when registered into a folder)."""
         if nodule not in self._patches:
             if self.out_dir is None:
                 raise KeyError(f"no patch for nodule {nodule!r}")
-            return load_patch(self.out_dir / "patches" / f"{safe_name(nodule)}.npz")
+            return load_patch(self.out_dir / "patches" / f"{file_stem(nodule)}.npz")
         return self._patches[nodule]
 
     def patches(self) -> Iterator[tuple[str, Patch]]:
@@ -111,11 +122,12 @@ class Registered:
             yield nodule, self.patch(nodule)
 
 
-def save_patch(path: Path, patch: Patch, qc_row: dict) -> None:
+def save_patch(path: Path, patch: Patch, qc_row: dict, input_digest: str = "") -> None:
     """Write a patch atomically as compressed ``.npz``: ``start_zyx``, ``mask``, ``heatmap``
-    (if any), the atlas grid (``grid`` JSON) and the QC row (``qc`` JSON)."""
+    (if any), the atlas grid (``grid`` JSON), the QC row (``qc`` JSON) and the digest of the
+    inputs it was computed from (``input_digest``, for resuming)."""
     arrays = {"start_zyx": patch.start_zyx, "mask": patch.mask,
-              "grid": to_json(patch.grid), "qc": to_json(qc_row)}
+              "grid": to_json(patch.grid), "qc": to_json(qc_row), "input_digest": input_digest}
     if patch.heatmap is not None:
         arrays["heatmap"] = patch.heatmap
     write_npz(path, **arrays)
@@ -250,7 +262,8 @@ def _register_one(job: dict) -> dict:
     row["reason"] = "; ".join(warnings)
     row = {column: row.get(column) for column in QC_COLUMNS}
     if out_dir is not None:
-        save_patch(out_dir / "patches" / f"{safe_name(job['nodule'])}.npz", patch, row)
+        save_patch(out_dir / "patches" / f"{file_stem(job['nodule'])}.npz", patch, row,
+                   job["digest"])
         return {"qc": row}
     return {"qc": row, "patch": patch}
 
@@ -374,22 +387,59 @@ def _nodule_problem(rows: pd.DataFrame) -> str | None:
     return None
 
 
+def nodule_key(patient_id: str, nodule_id: str) -> str:
+    """The key of a nodule in QC tables and statistics: ``<patient_id>-N<nodule_id>``."""
+    return f"{patient_id}-N{nodule_id}"
+
+
+def _job_digest(job: dict) -> str:
+    """Digest of what a nodule's patch is computed from: its manifest fields, the bytes of
+    its images, masks and heatmaps, and the llnm3d version."""
+    fields = {k: job[k] for k in ("patient_id", "nodule_id", "side", "label", "age", "sex",
+                                  "lobe_third", "front_back")}
+    views = [{"case_id": v["case_id"], "view": v["view"], "spacing_mm": v["spacing_mm"],
+              "flip": v["flip"],
+              **{column: file_digest(v[column])
+                 for column in ("image", "thyroid_mask", "nodule_mask", "heatmap")}}
+             for v in job["views"]]
+    return digest({"fields": fields, "views": views, "llnm3d": __version__})
+
+
+def _key_collisions(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Why each ``(patient_id, nodule_id)`` whose key or patch file name coincides with
+    another's (``X-N1``/``2`` and ``X``/``1-N2``; ``A``/``1`` and ``a``/``1`` on
+    case-insensitive disks) cannot be registered."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for pair in dict.fromkeys(keys):
+        groups.setdefault(file_stem(nodule_key(*pair)).casefold(), []).append(pair)
+    problems = {}
+    for pairs in groups.values():
+        if len(pairs) > 1:
+            listed = "; ".join(f"patient_id {p!r} nodule_id {n!r}" for p, n in pairs)
+            for pair in pairs:
+                problems[pair] = (f"nodule key {nodule_key(*pair)!r} is not unique ({listed} "
+                                  "name the same files); rename one of them in the manifest")
+    return problems
+
+
 def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | None
                  ) -> tuple[list[dict], list[dict]]:
     """One job per nodule from the manifest rows, and the failed QC rows of nodules whose
-    rows cannot be registered (a rejected row, rows that disagree)."""
+    rows cannot be registered (a rejected row, rows that disagree, a key shared with another
+    nodule)."""
     # A nodule with a rejected manifest row fails with that row's problem rather than
     # quietly losing a view.
     rejected: dict[tuple[str, str], str] = {}
     for _, row in manifest.rejected.iterrows():
         rejected.setdefault((row["patient_id"], row["nodule_id"]),
                             f"{row['case_id'] or 'a row'}: {row['problem']}")
+    groups = manifest.table.groupby(["patient_id", "nodule_id"], sort=False)
+    collisions = _key_collisions([*groups.groups, *rejected])
     jobs, failed = [], []
-    for (patient_id, nodule_id), rows in manifest.table.groupby(["patient_id", "nodule_id"],
-                                                                sort=False):
+    for (patient_id, nodule_id), rows in groups:
         first = rows.iloc[0]
         label = rows["label"].dropna() if "label" in rows else pd.Series(dtype=float)
-        job = {"nodule": f"{patient_id}-N{nodule_id}", "patient_id": str(patient_id),
+        job = {"nodule": nodule_key(patient_id, nodule_id), "patient_id": str(patient_id),
                "nodule_id": str(nodule_id), "side": first["side"],
                "label": int(label.iloc[0]) if len(label) else None,
                "age": _number(first.get("age")), "sex": first.get("sex") or None,
@@ -404,17 +454,20 @@ def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | N
                 "nodule_mask": manifest.path(row, "nodule_mask"),
                 "spacing_mm": _number(row.get("pixel_spacing_mm")),
                 "flip": _truthy(row.get("flip_horizontal", "")),
-                "heatmap": (heatmap_dir / "heatmaps" / f"{safe_name(row['case_id'])}.npz"
+                "heatmap": (heatmap_dir / "heatmaps" / f"{file_stem(row['case_id'])}.npz"
                             if heatmap_dir is not None else None),
             })
-        problem = rejected.pop((patient_id, nodule_id), None) or _nodule_problem(rows)
+        problem = (collisions.get((patient_id, nodule_id))
+                   or rejected.pop((patient_id, nodule_id), None) or _nodule_problem(rows))
         if problem:
             failed.append(_failed_row(job, problem))
         else:
+            job["digest"] = _job_digest(job)
             jobs.append(job)
     for (patient_id, nodule_id), problem in rejected.items():
-        failed.append(_failed_row({"nodule": f"{patient_id}-N{nodule_id}",
-                                   "patient_id": patient_id, "nodule_id": nodule_id}, problem))
+        failed.append(_failed_row({"nodule": nodule_key(patient_id, nodule_id),
+                                   "patient_id": patient_id, "nodule_id": nodule_id},
+                                  collisions.get((patient_id, nodule_id), problem)))
     return jobs, failed
 
 
@@ -422,18 +475,8 @@ def _number(value) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def _check_resume(out_dir: Path, params: dict) -> None:
-    record = out_dir / "register.json"
-    if record.exists():
-        previous = read_json(record)
-        if previous.get("parameters") != params:
-            raise InputError(f"{out_dir} holds a registration made with other parameters or "
-                             "another atlas; use a new folder or delete it")
-    write_json(record, {"format": FORMAT, "parameters": params, "complete": False})
-
-
 def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
-             atlas: Atlas | None = None, out_dir: str | Path | None = None,
+             atlas: Atlas | str | Path | None = None, out_dir: str | Path | None = None,
              transform: str = "similarity", min_weight: float = 0.05,
              allow_coarse_location: bool = False, workers: int | None = None,
              scheduler: str | None = None, progress: bool = True) -> Registered:
@@ -448,8 +491,8 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
     heatmaps : path, optional
         Output folder of ``llnm3d heatmap`` for this manifest. Without it, patches carry the
         fused nodule mask only.
-    atlas : Atlas, optional
-        Default: :meth:`Atlas.default`.
+    atlas : Atlas or path, optional
+        The atlas or its folder (from ``llnm3d atlas``); default: :meth:`Atlas.default`.
     out_dir : path, optional
         Output folder (layout in the module docstring); resumable. None keeps the patches in
         memory.
@@ -471,11 +514,10 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
         The QC table (a row per nodule, failed ones included with their reason) and patches.
     """
     manifest = as_manifest(cases)
-    atlas = atlas or Atlas.default()
-    if transform not in ("similarity", "affine"):
-        raise InputError(f"unknown transform {transform!r}: similarity or affine")
-    if not 0 <= min_weight < 1:
-        raise InputError(f"min_weight {min_weight} must be in [0, 1)")
+    atlas = as_atlas(atlas) or Atlas.default()
+    check_choice("transform", transform, ("similarity", "affine"))
+    check_number("min_weight", min_weight, low=0, high=1, high_inclusive=False)
+    check_optional_workers(workers)
     heatmap_dir = None
     if heatmaps is not None:
         heatmap_dir = Path(heatmaps)
@@ -484,17 +526,25 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
                              "or register without heatmaps")
     settings = Settings(transform, float(min_weight), allow_coarse_location,
                         heatmap_dir is not None)
+    resumed = Resumed()
     if out_dir is not None:
         out_dir = ensure_writable_dir(out_dir)
-        _check_resume(out_dir, {**asdict(settings), "atlas": grid_signature(atlas),
-                                "atlas_metadata": atlas.metadata})
+        resumed.temporaries_removed = claim_folder(
+            out_dir, "register.json", FORMAT,
+            {**asdict(settings), "atlas": grid_signature(atlas),
+             "atlas_metadata": atlas.metadata}, "register")
     jobs, failed_rows = _nodule_jobs(manifest, heatmap_dir, out_dir)
     done: dict[str, dict] = {}
     if out_dir is not None:
-        for job in jobs:
-            path = out_dir / "patches" / f"{safe_name(job['nodule'])}.npz"
-            if path.exists():
-                done[job["nodule"]] = _patch_qc(path)
+        paths = {job["nodule"]: out_dir / "patches" / f"{file_stem(job['nodule'])}.npz"
+                 for job in jobs}
+        finished, found = finished_cases(paths, {job["nodule"]: job["digest"] for job in jobs})
+        found.temporaries_removed = resumed.temporaries_removed
+        resumed = found
+        done = {key: _patch_qc(paths[key]) for key in finished}
+        # A stale patch must not outlive a redo that now fails.
+        for key in resumed.changed + resumed.unreadable:
+            paths[key].unlink(missing_ok=True)
     todo = [job for job in jobs if job["nodule"] not in done]
     results, run_failures = map_cases(_nodule_job, todo, workers, progress, desc="register",
                                       unit="nodule", initializer=_init_worker,
@@ -523,7 +573,7 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
             "format": FORMAT, "parameters": read_json(out_dir / "register.json")["parameters"],
             "complete": True, "llnm3d_version": __version__, "counts": counts,
             "failures": [{"id": key, "reason": reason} for key, reason in failures]})
-    return Registered(qc, out_dir, failures, patches)
+    return Registered(qc, out_dir, failures, patches, resumed)
 
 
 def _failed_row(job: dict, reason: str) -> dict:

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..atlas import Atlas
+from ..atlas import Atlas, as_atlas
 from ..export import (
     DEFAULT_FIELD_SPACING_MM,
     DEFAULT_SURFACE_SPACING_MM,
@@ -37,7 +38,7 @@ from ..export import (
     published_points_to_atlas,
     read_points_csv,
 )
-from ..io import InputError, read_json, to_json, write_text
+from ..io import InputError, ensure_writable_dir, read_json, to_json, write_text
 from ..statistics import load_stats
 
 FORMAT = "llnm3d-site/1"
@@ -93,6 +94,20 @@ def table_json(table: pd.DataFrame, columns: list[str], min_cases: int) -> dict:
     return {"columns": columns, "rows": rows}
 
 
+def _site_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` as an absolute path; refused when it is the working folder or holds it.
+
+    The build replaces the whole folder, which would delete the folder the caller stands in
+    (and ``Path(".")`` has no name to put a new folder under).
+    """
+    folder = Path(out_dir).resolve()
+    if Path.cwd().resolve().is_relative_to(folder):
+        raise InputError(f"{folder}: is the current folder or holds it; build-site replaces "
+                         "the whole --out folder, so give it a folder of its own (e.g. --out "
+                         "site)")
+    return folder
+
+
 def _check_out_dir(out_dir: Path) -> None:
     """Refuse to replace a folder that holds something other than an llnm3d site."""
     if not out_dir.exists():
@@ -113,7 +128,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def build_site(out_dir: str | Path, stats_dir: str | Path | None = None, *,
-               points_csv: str | Path | None = None, atlas: Atlas | None = None,
+               points_csv: str | Path | None = None, atlas: Atlas | str | Path | None = None,
                title: str = DEFAULT_TITLE, description: str | None = None,
                levels: list[float] | None = None, min_cases: int | None = None,
                field_spacing_mm: float = DEFAULT_FIELD_SPACING_MM,
@@ -123,24 +138,29 @@ def build_site(out_dir: str | Path, stats_dir: str | Path | None = None, *,
     Parameters
     ----------
     out_dir : path
-        The site folder; if it exists it must be empty or an earlier llnm3d site.
+        The site folder; if it exists it must be empty or an earlier llnm3d site, and it must
+        not be the working folder or hold it.
     stats_dir : path, optional
         An ``llnm3d aggregate`` folder: its probability field, capsule surface coloured by it,
         isosurfaces and tables are shown.
     points_csv : path, optional
         A coloured point set (x, y, z, r, g, b), e.g. the published LLNM-Net points; shown as
         its own layer beside the atlas (or alone without ``stats_dir``).
-    atlas : Atlas, optional
-        The atlas the stats were made on; default the bundled one (checked against the grid).
+    atlas : Atlas or path, optional
+        The atlas (or its folder) the stats were made on; default the bundled one (checked
+        against the grid).
     title, description : str
         Plain text for the page heading (escaped; HTML in them is shown literally).
     levels : list of float, optional
-        Isosurface probabilities; default the 75th and 95th percentiles of the shown voxels.
+        Isosurface probabilities, each in (0, 1); default the 75th and 95th percentiles of the
+        shown voxels.
     min_cases : int, optional
-        Publishing minimum of nodules per voxel and table row; default (and lowest allowed)
-        the aggregation's ``min_cases``.
+        Publishing minimum of nodules per voxel and table row; default the aggregation's
+        ``min_cases`` raised to :data:`llnm3d.export.PUBLISH_MIN_CASES` (a note says so), and
+        never below either.
     field_spacing_mm, surface_spacing_mm : float
-        Grid of the exported point field and of the surfaces (mm).
+        Grid of the exported point field and of the surfaces (mm), in (0,
+        :data:`llnm3d.export.MAX_SPACING_MM`].
 
     Returns
     -------
@@ -149,26 +169,27 @@ def build_site(out_dir: str | Path, stats_dir: str | Path | None = None, *,
     """
     if stats_dir is None and points_csv is None:
         raise InputError("build-site needs --stats, --points or both")
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    folder = _site_folder(out_dir)
+    _check_out_dir(folder)
     stats = load_stats(stats_dir) if stats_dir is not None else None
     points = read_points_csv(points_csv) if points_csv is not None else None
+    atlas = as_atlas(atlas)
     if stats is not None and atlas is None:
         spacing = stats.summary.get("parameters", {}).get("atlas", {}).get("spacing_mm")
         atlas = Atlas.default(spacing or stats.spacing_mm)
     atlas = atlas or Atlas.default()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    ensure_writable_dir(folder.parent)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         data = _write_site(work, stats, points, atlas, title, description, levels, min_cases,
                            field_spacing_mm, surface_spacing_mm,
                            source=Path(points_csv).name if points_csv else None)
         _render(work, data)
-        _swap_in(work, out_dir)
+        _swap_in(work, folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return out_dir
+    return Path(out_dir)
 
 
 def estimator_text(record: dict | None) -> str | None:
@@ -274,7 +295,12 @@ def _swap_in(work: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         out_dir.rename(old)
     work.chmod(0o755)
-    work.rename(out_dir)
+    try:
+        work.rename(out_dir)
+    except OSError:
+        if old is not None:
+            old.rename(out_dir)
+        raise
     if old is not None:
         shutil.rmtree(old)
 
@@ -286,8 +312,24 @@ def site_size_bytes(site_dir: str | Path, include_vendor: bool = False) -> int:
                and (include_vendor or "vendor" not in p.relative_to(site_dir).parts))
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files without a log line per request (tests and benchmarks serve quietly)."""
+class _SiteHandler(http.server.SimpleHTTPRequestHandler):
+    """Files of the site folder only: no directory listings, nothing outside the folder."""
+
+    def send_head(self):
+        """404 unless the request names a file, or a folder with an index.html, whose real
+        path (symlinks followed) lies inside the site folder; else serve it as usual."""
+        path = Path(self.translate_path(self.path))
+        if path.is_dir():
+            path = path / "index.html"
+        if not (path.is_file()
+                and path.resolve().is_relative_to(Path(self.directory).resolve())):
+            self.send_error(HTTPStatus.NOT_FOUND, "File not found")
+            return None
+        return super().send_head()
+
+
+class _QuietHandler(_SiteHandler):
+    """Site files without a log line per request (tests and benchmarks serve quietly)."""
 
     def log_message(self, format: str, *args) -> None:
         pass
@@ -296,9 +338,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def serving(site_dir: str | Path, port: int = 0, verbose: bool = False) -> Iterator[str]:
     """Serve ``site_dir`` over http on localhost from a background thread (ES modules do not
-    load from ``file://``); yield the base URL. ``port=0`` picks a free port; ``verbose`` logs
-    each request to stderr."""
-    handler_class = http.server.SimpleHTTPRequestHandler if verbose else _QuietHandler
+    load from ``file://``); yield the base URL. Only files inside ``site_dir`` are served (no
+    directory listings, no symlinks leading out). ``port=0`` picks a free port; ``verbose``
+    logs each request to stderr. A busy or forbidden port raises OSError."""
+    handler_class = _SiteHandler if verbose else _QuietHandler
     handler = functools.partial(handler_class, directory=str(site_dir))
     with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -20,6 +20,9 @@ nodules are masked (NaN) in every probability and test map.
 from __future__ import annotations
 
 import platform
+import time
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,20 +31,28 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
-from ..atlas import Atlas
+from ..atlas import Atlas, as_atlas
+from ..checks import check_choice, check_number, check_optional_workers, check_seed
 from ..io import (
     InputError,
     atomic_path,
+    atomic_paths,
+    digest,
     ensure_writable_dir,
+    file_digest,
+    file_stem,
     read_json,
     read_volume,
-    safe_name,
+    remove_temporaries,
+    to_json,
     write_json,
-    write_volume,
+    write_nifti,
 )
+from ..manifest import NUMERIC_RANGES
 from ..parallel import dask_session, map_cases
 from ..registration import Registered, load_registered
 from ..registration.fusion import grid_signature
+from ..resume import Resumed
 from .accumulate import (
     Accumulator,
     NoduleInput,
@@ -59,12 +70,20 @@ from .spatial import (
     risk_maps,
     simultaneous_critical,
 )
-from .tables import DEFAULT_BINS_MM, capsule_distance_table, region_table
+from .tables import DEFAULT_BINS_MM, capsule_distance_table, check_bin_edges, region_table
 
 FORMAT = "llnm3d-stats/1"
 BLOCK_SIZE = 256
 COVARIATES = {"age": "age", "sex": "sex", "size": "diameter_mm", "extent": "footprint_voxels"}
+# Values a numeric covariate may take (inclusive); others count as missing. Ages as in the
+# manifest; a thyroid nodule's diameter in mm is below the length of a lobe (~50 mm) twice over.
+COVARIATE_RANGES = {"age": NUMERIC_RANGES["age"][:2], "size": (0.0, 100.0)}
 ESTIMATORS = ("spatial", "kernel", "weighted")
+WEIGHTS = ("mask", "heatmap")
+# Family-wise p of max-statistic permutations resolves 1 / (permutations + 1): 100,000 give
+# 1e-5, beyond any threshold a voxelwise map is read at; more only cost time (a billion was
+# estimated at 1,575 h).
+MAX_PERMUTATIONS = 100_000
 # Footprint extent "differs by outcome" when the median ratio between nodules with and without
 # LLNM is beyond this and the rank test is significant at EXTENT_ALPHA.
 EXTENT_RATIO = 1.25
@@ -114,6 +133,9 @@ class Stats:
     spacing_mm : float
     regions, capsule_distance : pandas.DataFrame
     summary : dict
+    resumed : Resumed
+        What a run into an existing folder reused (``reused`` nodules) and redid
+        (``changed``: nodules whose inputs changed since, so everything was accumulated again).
     """
 
     volumes: dict[str, np.ndarray]
@@ -122,6 +144,7 @@ class Stats:
     regions: pd.DataFrame
     capsule_distance: pd.DataFrame
     summary: dict = field(default_factory=dict)
+    resumed: Resumed = field(default_factory=Resumed, repr=False)
 
     def value_at(self, name: str, points_mm: np.ndarray) -> np.ndarray:
         """Value of map ``name`` at the voxel nearest each atlas point (mm), shape (N,); NaN
@@ -142,13 +165,16 @@ class Stats:
     def save(self, out_dir: str | Path) -> Path:
         """Write the volumes (NIfTI), tables (CSV) and summary.json into ``out_dir``."""
         out_dir = ensure_writable_dir(out_dir)
-        for name, volume in self.volumes.items():
-            write_volume(out_dir / f"{name}.nii.gz", volume, self.origin_mm, self.spacing_mm)
-        for name, table in (("regions", self.regions),
-                            ("capsule_distance", self.capsule_distance)):
-            with atomic_path(out_dir / f"{name}.csv") as tmp:
+        tables = {"regions": self.regions, "capsule_distance": self.capsule_distance}
+        # One set: a failed write (a full disk) keeps the previous result whole.
+        paths = ([out_dir / f"{name}.nii.gz" for name in self.volumes]
+                 + [out_dir / f"{name}.csv" for name in tables] + [out_dir / "summary.json"])
+        with atomic_paths(paths) as temporaries:
+            for tmp, volume in zip(temporaries, self.volumes.values()):
+                write_nifti(tmp, volume, self.origin_mm, self.spacing_mm)
+            for tmp, table in zip(temporaries[len(self.volumes):], tables.values()):
                 table.to_csv(tmp, index=False)
-        write_json(out_dir / "summary.json", self.summary)
+            temporaries[-1].write_text(to_json(self.summary, indent=2) + "\n", encoding="utf-8")
         return out_dir
 
 
@@ -158,8 +184,11 @@ def load_stats(stats_dir: str | Path) -> Stats:
     if not (stats_dir / "summary.json").is_file():
         raise InputError(f"{stats_dir}: no summary.json; not an `llnm3d aggregate` folder")
     summary = read_json(stats_dir / "summary.json")
+    if not summary.get("maps"):
+        raise InputError(f"{stats_dir}: summary.json lists no maps; not an `llnm3d aggregate` "
+                         "folder")
     volumes, origin, spacing = {}, None, None
-    for name in summary.get("maps", []):
+    for name in summary["maps"]:
         path = stats_dir / f"{name}.nii.gz"
         if not path.is_file():
             raise InputError(f"{stats_dir}: map {name}.nii.gz is missing")
@@ -209,7 +238,7 @@ def _select_nodules(registered: list[Registered], weight: str, covariates: list[
             raise InputError(f"{result.out_dir}: registered without heatmaps; use --weight mask "
                              "or register with --heatmaps")
         tables.append(result.qc.assign(patch_path=[
-            result.out_dir / "patches" / f"{safe_name(key)}.npz" for key in result.qc["nodule"]]))
+            result.out_dir / "patches" / f"{file_stem(key)}.npz" for key in result.qc["nodule"]]))
     qc = pd.concat(tables, ignore_index=True)
     duplicated = qc["nodule"].duplicated(keep="last")
     excluded = {"registration failed": int((qc["status"] == "failed").sum()),
@@ -221,12 +250,21 @@ def _select_nodules(registered: list[Registered], weight: str, covariates: list[
     for name in covariates:
         if name == "extent":
             continue  # measured from the footprints, never missing
-        column = COVARIATES[name]
-        values = qc[column].replace("", np.nan)
-        gone = values.isna()
+        gone = ~_usable_covariate(name, qc[COVARIATES[name]])
         excluded[f"missing covariate {name}"] = int(gone.sum())
         qc = qc[~gone]
     return qc.sort_values("nodule").reset_index(drop=True), excluded
+
+
+def _usable_covariate(name: str, values: pd.Series) -> pd.Series:
+    """Whether each value of covariate ``name`` can enter the model: sex F or M, a number
+    within :data:`COVARIATE_RANGES` otherwise. Anything else (empty, inf, an age of 300 from
+    a hand-edited qc.csv) counts as missing; one such value would dominate the fit."""
+    if name == "sex":
+        return values.isin(("F", "M"))
+    low, high = COVARIATE_RANGES[name]
+    numbers = pd.to_numeric(values.replace("", np.nan), errors="coerce").astype(float)
+    return numbers.between(low, high)  # NaN and +-inf fall outside
 
 
 def _covariate_matrix(nodules: pd.DataFrame, covariates: list[str]) -> np.ndarray | None:
@@ -241,22 +279,36 @@ def _covariate_matrix(nodules: pd.DataFrame, covariates: list[str]) -> np.ndarra
     return np.stack(columns, axis=1)
 
 
-def _resume_state(out_dir: Path, params: dict) -> tuple[Accumulator | None, bool]:
-    """The saved accumulator of ``out_dir`` (None if none) and whether that run finished."""
+def _resume_state(out_dir: Path, params: dict, digests: dict[str, str]
+                  ) -> tuple[Accumulator | None, bool, list[str]]:
+    """The saved accumulator of ``out_dir``, whether that run finished, and the nodules it
+    holds whose inputs changed since (or that are no longer given).
+
+    A state holding any changed nodule is dropped (None, not finished): its sums are of other
+    data, so everything is accumulated again. So is an unreadable one.
+    """
     path = out_dir / "accumulators.npz"
     if not path.exists():
-        return None, False
-    state, saved = Accumulator.load(path)
+        return None, False, []
+    try:
+        state, saved = Accumulator.load(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        warnings.warn(f"{path} cannot be read; accumulating again", stacklevel=3)
+        return None, False, []
     if saved.get("parameters") != params:
         raise InputError(f"{out_dir} holds statistics made with other parameters (estimator, "
                          "weight, atlas, min-cases, permutations, covariates, seed, prior); use "
                          "a new folder")
-    return state, bool(saved.get("complete"))
+    before = saved.get("digests", {})
+    changed = sorted(key for key in state.seen if before.get(key) != digests.get(key))
+    if changed:
+        return None, False, changed
+    return state, bool(saved.get("complete")), []
 
 
-def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None = None,
-              estimator: str = "spatial", weight: str = "mask", min_cases: int = 10,
-              permutations: int = 1000,
+def aggregate(registered, atlas: Atlas | str | Path | None = None,
+              out_dir: str | Path | None = None, estimator: str = "spatial",
+              weight: str = "mask", min_cases: int = 10, permutations: int = 1000,
               covariates: list[str] | tuple[str, ...] = (), seed: int = 0,
               prior_strength: float = 2.0, bins_mm=DEFAULT_BINS_MM, update: bool = False,
               workers: int | None = None, scheduler: str | None = None,
@@ -267,8 +319,9 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
     ----------
     registered : path, Registered, or a list of them
         Output(s) of ``llnm3d register`` (several folders pool their nodules).
-    atlas : Atlas, optional
-        The atlas the nodules were registered on (default: :meth:`Atlas.default`).
+    atlas : Atlas or path, optional
+        The atlas the nodules were registered on, or its folder (default:
+        :meth:`Atlas.default`).
     out_dir : path, optional
         Output folder (layout in the module docstring); resumable. Required with ``update``.
     estimator : {"spatial", "kernel", "weighted"}
@@ -281,41 +334,38 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
         A nodule's footprint: its fused nodule occupancy or its fused heatmap. Weights the
         weighted maps and the voxelwise tests; the spatial model normalises it to unit mass.
     min_cases : int
-        Voxels touched by fewer nodules are masked and not tested.
+        Voxels touched by fewer nodules are masked and not tested (at least 1).
     permutations : int
-        Max-statistic permutations for family-wise p (0: none).
+        Max-statistic permutations for family-wise p (0: none), at most
+        :data:`MAX_PERMUTATIONS` (100,000): the smallest p they resolve is
+        ``1 / (permutations + 1)``, 1e-5 at the maximum, finer than any threshold a map is
+        read at, while a billion would run for weeks.
     covariates : subset of {"age", "sex", "size", "extent"}
         Confounds of the OLS test (Freedman-Lane permutations) and adjusting covariates of
         the spatial model; ``extent`` is the log number of voxels of the footprint (the
         lesion-volume correction of lesion-symptom mapping).
     seed : int
-        Seed of the permutations (recorded).
+        Seed of the permutations (recorded), 0 to :data:`llnm3d.checks.MAX_SEED`.
     prior_strength : float
-        Strength, in nodules, of the Beta prior centred on the cohort prevalence.
+        Strength, in nodules, of the Beta prior centred on the cohort prevalence (>= 0; 0
+        leaves the weighted proportion unshrunk).
     bins_mm : sequence of float
-        Capsule-distance bin edges (mm) of capsule_distance.csv.
+        Capsule-distance bin edges (mm) of capsule_distance.csv (see
+        :func:`.tables.check_bin_edges`).
     update : bool
         Add the registered nodules not yet in ``out_dir``'s result to it.
     workers, scheduler
-        Parallelism of the accumulation (see :func:`llnm3d.parallel.map_cases`); the result
-        does not depend on them.
+        Parallelism of the accumulation (see :func:`llnm3d.parallel.map_cases`; workers at
+        least 1); the result does not depend on them.
     device : str, optional
         torch device of the permutations (default: CUDA when available).
     """
-    if weight not in ("heatmap", "mask"):
-        raise InputError(f"unknown weight {weight!r}: heatmap or mask")
-    if estimator not in ESTIMATORS:
-        raise InputError(f"unknown estimator {estimator!r}: {', '.join(ESTIMATORS)}")
-    unknown = sorted(set(covariates) - set(COVARIATES))
-    if unknown:
-        raise InputError(f"unknown covariate(s) {', '.join(unknown)}: choose from "
-                         f"{', '.join(COVARIATES)}")
-    if min_cases < 1 or permutations < 0:
-        raise InputError("min-cases must be at least 1 and permutations not negative")
+    _check_parameters(estimator, weight, min_cases, permutations, covariates, seed,
+                      prior_strength, bins_mm, workers)
     if update and out_dir is None:
         raise InputError("--update needs the output folder of an earlier aggregate")
     covariates = list(covariates)
-    atlas = atlas or Atlas.default()
+    atlas = as_atlas(atlas) or Atlas.default()
     sources = registered if isinstance(registered, (list, tuple)) else [registered]
     sources = [r if isinstance(r, Registered) else load_registered(r) for r in sources]
     nodules, excluded = _select_nodules(sources, weight, covariates, atlas)
@@ -326,29 +376,78 @@ def aggregate(registered, atlas: Atlas | None = None, out_dir: str | Path | None
               "prior_strength": prior_strength}
     domain = analysis_domain(atlas)
     lookup = domain_lookup(atlas, domain)
-    state, complete = None, False
+    digests = nodule_digests(nodules)
+    state, complete, resumed = None, False, Resumed()
     if out_dir is not None:
         out_dir = ensure_writable_dir(out_dir)
-        state, complete = _resume_state(out_dir, params)
+        resumed.temporaries_removed = remove_temporaries(out_dir, time.time())
+        state, complete, resumed.changed = _resume_state(out_dir, params, digests)
     state = state or Accumulator.zeros(len(domain))
+    resumed.reused = len(state.seen)
     new = int((~nodules["nodule"].isin(state.seen)).sum())
     if complete and new and not update:
         raise InputError(f"{out_dir} holds a finished result without {new} of these nodules; "
                          "pass --update to add them, or use a new folder")
-    if complete and new and out_dir is not None:
-        # Earlier permutations were of other data.
-        for path in (out_dir / "permutations").glob("block-*.npy"):
-            path.unlink()
     with dask_session(scheduler, workers) as session:
         state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params,
-                            workers, session, progress)
+                            digests, workers, session, progress)
+        if out_dir is not None and permutations:
+            _claim_permutations(out_dir / "permutations", state, digests)
         stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
                             estimator, weight, covariates, min_cases, permutations, seed,
                             prior_strength, bins_mm, device, out_dir, progress, workers, session)
+    stats.resumed = resumed
     if out_dir is not None:
         stats.save(out_dir)
-        state.save(out_dir / "accumulators.npz", {"parameters": params, "complete": True})
+        state.save(out_dir / "accumulators.npz", _state_record(params, state, digests, True))
     return stats
+
+
+def nodule_digests(nodules: pd.DataFrame) -> dict[str, str]:
+    """Per nodule, the digest of what the statistics read of it: its QC row (outcome,
+    probability, covariates) and the bytes of its patch file."""
+    columns = [c for c in nodules.columns if c != "patch_path"]
+    return {row["nodule"]: digest({"qc": {c: (None if pd.isna(row[c]) else str(row[c]))
+                                          for c in columns},
+                                   "patch": file_digest(row["patch_path"])})
+            for _, row in nodules.iterrows()}
+
+
+def _state_record(params: dict, state: Accumulator, digests: dict[str, str],
+                  complete: bool) -> dict:
+    return {"parameters": params, "complete": complete,
+            "digests": {key: digests[key] for key in sorted(state.seen)}}
+
+
+def _claim_permutations(folder: Path, state: Accumulator, digests: dict[str, str]) -> None:
+    """Keep the saved permutation blocks only if they were drawn for these nodules."""
+    key = digest({key: digests[key] for key in sorted(state.seen)})
+    record = folder / "data.json"
+    try:
+        same = read_json(record).get("data") == key
+    except InputError:
+        same = False
+    if not same:
+        for path in folder.glob("block-*.npy"):
+            path.unlink()
+        write_json(record, {"data": key})
+
+
+def _check_parameters(estimator, weight, min_cases, permutations, covariates, seed,
+                      prior_strength, bins_mm, workers) -> None:
+    """Raise InputError, naming the parameter, for any :func:`aggregate` argument outside
+    what it allows, before any work starts."""
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("weight", weight, WEIGHTS)
+    for name in covariates:
+        check_choice("covariate", name, COVARIATES)
+    check_number("min_cases", min_cases, low=1, integer=True)
+    check_number("permutations", permutations, low=0, high=MAX_PERMUTATIONS, integer=True)
+    check_seed(seed)
+    # 0 is meaningful: no shrinkage, the plain weighted proportion (n_eff > 0 where shown).
+    check_number("prior_strength", prior_strength, low=0)
+    check_bin_edges(bins_mm)
+    check_optional_workers(workers)
 
 
 def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources, estimator,
@@ -511,8 +610,8 @@ def _lobe_difference(fit, atlas, domain, tested) -> dict | None:
     return mean_difference(fit, points * [-1, 1, 1], points)
 
 
-def _accumulate(nodules, state, weight, lookup, n_domain, out_dir, params, workers, scheduler,
-                progress) -> Accumulator:
+def _accumulate(nodules, state, weight, lookup, n_domain, out_dir, params, digests, workers,
+                scheduler, progress) -> Accumulator:
     """Add the nodules not yet in ``state`` in fixed blocks (sorted keys), saving the state
     after each round of blocks so a killed run resumes."""
     todo = nodules[~nodules["nodule"].isin(state.seen)]
@@ -533,7 +632,8 @@ def _accumulate(nodules, state, weight, lookup, n_domain, out_dir, params, worke
         for block in results:
             state.merge(block)
         if out_dir is not None:
-            state.save(out_dir / "accumulators.npz", {"parameters": params, "complete": False})
+            state.save(out_dir / "accumulators.npz",
+                       _state_record(params, state, digests, False))
     return state
 
 
@@ -649,7 +749,10 @@ def _permutations(design, permutations, seed, device, out_dir, progress) -> np.n
         folder = out_dir / "permutations"
         folder.mkdir(exist_ok=True)
         for path in folder.glob("block-*.npy"):
-            done[int(path.stem.split("-")[1])] = np.load(path)
+            try:
+                done[int(path.stem.split("-")[1])] = np.load(path)
+            except (OSError, ValueError, EOFError):
+                continue  # an unreadable block is drawn again
 
         def save(block, maxima):
             with atomic_path(folder / f"block-{block:05d}.npy") as tmp:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..atlas import ISTHMUS, REGION_NAMES, Atlas
+from ..io import InputError
 from .inference import jeffreys_interval
 
 DEFAULT_BINS_MM = (0.0, 1.0, 2.5, 5.0, 10.0, np.inf)
@@ -51,10 +52,26 @@ def region_table(nodules: pd.DataFrame, atlas: Atlas) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["region", "label", "half", *TABLE_COLUMNS])
 
 
+def check_bin_edges(bins_mm) -> np.ndarray:
+    """``bins_mm`` as an array of bin edges (mm) if they make bins: at least two, finite
+    numbers strictly increasing, the last one possibly ``inf`` (an open last bin, as in
+    :data:`DEFAULT_BINS_MM`); otherwise an InputError naming ``bins_mm``."""
+    try:
+        edges = np.asarray(bins_mm, float)
+    except (TypeError, ValueError):
+        edges = np.array([np.nan])
+    # A NaN or -inf last edge fails the increase (a comparison with NaN is false).
+    if edges.ndim != 1 or len(edges) < 2 or not np.isfinite(edges[:-1]).all() \
+            or not (np.diff(edges) > 0).all():
+        raise InputError(f"bins_mm must be at least two strictly increasing, finite edges (the "
+                         f"last may be inf), got {bins_mm!r}")
+    return edges
+
+
 def capsule_distance_table(nodules: pd.DataFrame, bins_mm=DEFAULT_BINS_MM) -> pd.DataFrame:
     """Risk by the distance from the nodule's edge to the capsule (mm), in ``bins_mm``
-    (left-closed intervals)."""
-    edges = np.asarray(bins_mm, float)
+    (left-closed intervals; see :func:`check_bin_edges`)."""
+    edges = check_bin_edges(bins_mm)
     rows = []
     for low, high in zip(edges[:-1], edges[1:]):
         inside = (nodules["capsule_distance_mm"] >= low) & (nodules["capsule_distance_mm"] < high)
