@@ -44,7 +44,6 @@ from .inputs import to_image_space
 from .io import (
     InputError,
     atomic_path,
-    digest,
     ensure_writable_dir,
     file_digest,
     file_stem,
@@ -64,8 +63,6 @@ VIEWS = ("transverse", "longitudinal")
 LLNM_CLASS = 1
 FORMAT = "llnm3d-heatmaps/1"
 GRADCAM_LAYERS = ("fused", "last", "bidirectional")
-# What the model reads of a manifest row besides the files: a change in any redoes the case.
-MODEL_FIELDS = ("case_id", "view", "pixel_spacing_mm", "report", "age", "sex")
 
 
 class _BoundInputs(nn.Module):
@@ -137,16 +134,6 @@ class HeatmapResult:
     resumed: Resumed = field(default_factory=Resumed)
 
 
-def case_digest(manifest: Manifest, row: pd.Series) -> str:
-    """Digest of what a case's heatmap is computed from: the manifest fields the model reads,
-    the bytes of its image and masks, and the llnm3d version."""
-    fields = {name: (None if pd.isna(row.get(name)) else str(row.get(name)))
-              for name in MODEL_FIELDS}
-    files = {column: file_digest(manifest.path(row, column))
-             for column in ("image", "nodule_mask", "thyroid_mask")}
-    return digest({"fields": fields, "files": files, "llnm3d": __version__})
-
-
 def _model_digests(model_dir: str | Path | None) -> dict[str, str | None]:
     folder = Path(model_dir) if model_dir else MODEL_DIR
     return {view: file_digest(folder / f"{view}.safetensors") for view in VIEWS}
@@ -201,7 +188,8 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
     manifest = as_manifest(manifest_path)
     failures = list(manifest.problems)
     all_cases = manifest.table
-    digests = {row["case_id"]: case_digest(manifest, row) for _, row in all_cases.iterrows()}
+    digests = {row["case_id"]: manifest.model_input_digest(row)
+               for _, row in all_cases.iterrows()}
     paths = {case_id: out_dir / "heatmaps" / f"{file_stem(case_id)}.npz" for case_id in digests}
     done, resumed = finished_cases(paths, digests)
     resumed.temporaries_removed = removed

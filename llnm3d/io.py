@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -50,8 +51,19 @@ def digest(data: Any) -> str:
 
 def file_digest(path: str | os.PathLike | None) -> str | None:
     """SHA-256 (hex) of a file's bytes (None for no path or a missing file)."""
-    if path is None or not Path(path).is_file():
+    if path is None:
         return None
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    # Several stages hash the same inputs in one run; a changed file has a new size or time.
+    return _cached_digest(os.path.abspath(path), status.st_ino, status.st_size,
+                          status.st_mtime_ns, status.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_digest(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     hasher = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

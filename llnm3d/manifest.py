@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import InputError, file_stem
+from . import __version__
+from .io import InputError, digest, file_digest, file_stem
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "nodule_id", "side", "view", "image")
 OPTIONAL_COLUMNS = ("thyroid_mask", "nodule_mask", "pixel_spacing_mm", "label", "age", "sex",
@@ -22,6 +23,8 @@ OPTIONAL_COLUMNS = ("thyroid_mask", "nodule_mask", "pixel_spacing_mm", "label", 
 SIDES = ("L", "R")
 VIEWS = ("transverse", "longitudinal")
 PATH_COLUMNS = ("image", "thyroid_mask", "nodule_mask")
+# What LLNM-Net reads of a row besides its files: a change in any makes its heatmap stale.
+MODEL_FIELDS = ("case_id", "view", "pixel_spacing_mm", "report", "age", "sex")
 # Physical ranges of the numeric columns (inclusive): (low, high, unit). Thyroid ultrasound
 # pixels are 0.05-0.3 mm; 0.01-2 mm leaves room for any probe or resampling while refusing
 # what is no pixel size at all (a unit slip such as micrometres or metres, a broken export),
@@ -61,6 +64,15 @@ class Manifest:
         """Absolute path of a file column of a row (None where the cell is empty)."""
         value = row.get(column)
         return None if pd.isna(value) or value == "" else self.root / str(value)
+
+    def model_input_digest(self, row: pd.Series) -> str:
+        """Digest of what a row's heatmap is computed from: the :data:`MODEL_FIELDS`, the
+        bytes of its image and masks, and the llnm3d version (stored with each heatmap, so a
+        resumed ``heatmap`` and ``register`` notice a corrected row or a redrawn mask)."""
+        fields = {name: (None if pd.isna(row.get(name)) else str(row.get(name)))
+                  for name in MODEL_FIELDS}
+        files = {column: file_digest(self.path(row, column)) for column in PATH_COLUMNS}
+        return digest({"fields": fields, "files": files, "llnm3d": __version__})
 
 
 def as_manifest(source: str | Path | Manifest) -> Manifest:

@@ -12,6 +12,7 @@ optimiser, epoch, history, random state) is saved to ``checkpoint.safetensors`` 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,6 +179,19 @@ def _learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> 
     return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _data_digest(cases: Cases, train_index: np.ndarray, val_index: np.ndarray) -> str:
+    """SHA-256 of what training reads: every model input, the labels and the split, so a
+    checkpoint is never resumed on corrected labels or redrawn masks under the same manifest
+    path."""
+    hasher = hashlib.sha256()
+    for array in (cases.maps, cases.tokens, cases.features, cases.labels(), train_index,
+                  val_index):
+        hasher.update(np.ascontiguousarray(array).tobytes())
+    columns = [c for c in ("case_id", "age", "sex") if c in cases.table]
+    hasher.update(cases.table[columns].astype(str).to_csv().encode())
+    return hasher.hexdigest()
+
+
 def _save_checkpoint(out_dir: Path, model, optimiser, state: dict) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optimiser_state = optimiser.state_dict()
@@ -247,13 +261,16 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=settings.learning_rate)
     run = {"manifest": str(manifest.source), "view": view, "settings": asdict(settings),
-           "n_train": int(len(train_index)), "n_val": int(len(val_index))}
+           "n_train": int(len(train_index)), "n_val": int(len(val_index)),
+           "data_sha256": _data_digest(cases, train_index, val_index)}
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "run": run}
     if (out_dir / "checkpoint.json").exists():
         saved = read_json(out_dir / "checkpoint.json")
         if saved.get("run") != run:
-            raise InputError(f"{out_dir} holds a checkpoint of a different run; "
-                             "use a new folder or delete it")
+            changed = ", ".join(k for k in run if saved.get("run", {}).get(k) != run[k])
+            raise InputError(f"{out_dir} holds a checkpoint of a different run ({changed} "
+                             "differ; data_sha256 covers the images, masks, reports, labels "
+                             "and split); use a new folder or delete it")
         state = _load_checkpoint(out_dir, model, optimiser)
         torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
 

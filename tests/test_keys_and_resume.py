@@ -183,6 +183,21 @@ def test_heatmap_resume_redoes_changed_and_unreadable_cases(cohort, tmp_path):
     assert after[table.loc[0, "case_id"]] != pytest.approx(before[table.loc[0, "case_id"]])
 
 
+def test_register_refuses_a_heatmap_made_from_an_older_mask(cohort, atlas, tmp_path):
+    folder, table = _cohort_copy(cohort, tmp_path, nodules=2)
+    manifest = _write(folder, table)
+    compute_heatmaps(manifest, tmp_path / "heat", progress=False, workers=1)
+    mask = folder / table.loc[0, "nodule_mask"]
+    pixels = np.asarray(Image.open(mask)).copy()
+    pixels[:, :-3] = pixels[:, 3:]  # redrawn after the heatmaps were made
+    Image.fromarray(pixels).save(mask)
+    result = register(manifest, heatmaps=tmp_path / "heat", atlas=atlas, workers=1,
+                      progress=False)
+    key = f"{table.loc[0, 'patient_id']}-N{table.loc[0, 'nodule_id']}"
+    assert [k for k, _ in result.failures] == [key]
+    assert "heatmap is stale" in result.failures[0][1]
+
+
 # -- aggregate: a changed registration is never mixed into a finished result -------------------
 
 def test_aggregate_recomputes_when_a_registration_changed(cohort, atlas, tmp_path):

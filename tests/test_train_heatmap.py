@@ -89,6 +89,22 @@ def test_train_saves_safetensors_and_resumes_identically(cohort, tmp_path, monke
         assert torch.equal(x, y), name
 
 
+def test_train_refuses_to_resume_on_corrected_labels_under_the_same_path(cohort, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cohort"
+    shutil.copytree(cohort.out_dir, folder)
+    one_epoch = TrainSettings(epochs=1, batch_size=8, warmup_epochs=1, val_fraction=0.3)
+    train(folder / "manifest.csv", "transverse", tmp_path / "model", one_epoch, progress=False,
+          workers=1)
+    table = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
+    table.loc[table["view"] == "transverse", "label"] = "1"
+    table.to_csv(folder / "manifest.csv", index=False)
+    with pytest.raises(InputError, match="different run \\(data_sha256 differ"):
+        train(folder / "manifest.csv", "transverse", tmp_path / "model", one_epoch,
+              progress=False, workers=1)
+
+
 def test_heatmaps_files_ranges_and_resume(cohort, model_dir, tmp_path):
     manifest = pd.read_csv(cohort.out_dir / "manifest.csv").head(6)
     manifest.loc[5, "image"] = "images/missing.png"

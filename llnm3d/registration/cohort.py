@@ -216,6 +216,12 @@ def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
                             "heatmap` on this manifest first")
         with np.load(heatmap_path) as data:
             heatmap = data["heatmap"].astype(np.float32)
+            stored = str(data["input_digest"]) if "input_digest" in data.files else None
+        # Heatmaps from `llnm3d heatmap` record their inputs; others cannot be checked.
+        if stored is not None and stored != view["heatmap_digest"]:
+            raise CaseError(f"{case_id}: its heatmap is stale (the image, masks or model "
+                            "fields of this row changed since `llnm3d heatmap`); run "
+                            "`llnm3d heatmap` on this manifest again")
         if heatmap.shape != shape:
             raise CaseError(f"{case_id}: heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} but "
                             f"the image is {shape[1]}x{shape[0]}")
@@ -456,6 +462,8 @@ def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | N
                 "flip": _truthy(row.get("flip_horizontal", "")),
                 "heatmap": (heatmap_dir / "heatmaps" / f"{file_stem(row['case_id'])}.npz"
                             if heatmap_dir is not None else None),
+                "heatmap_digest": (manifest.model_input_digest(row)
+                                   if heatmap_dir is not None else None),
             })
         problem = (collisions.get((patient_id, nodule_id))
                    or rejected.pop((patient_id, nodule_id), None) or _nodule_problem(rows))
