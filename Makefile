@@ -12,7 +12,7 @@ THREE_FILES := LICENSE build/three.module.js build/three.core.js \
 	examples/jsm/loaders/GLTFLoader.js examples/jsm/controls/OrbitControls.js \
 	examples/jsm/utils/BufferGeometryUtils.js examples/jsm/utils/SkeletonUtils.js
 
-.PHONY: demo test test-slow figures site vendor-three clean
+.PHONY: demo test test-slow test-wheel figures site vendor-three clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(STAMP) $(NODE_STAMP)
 
 test-slow: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -m slow
+
+# The wheel as a user installs it: built from the package alone, installed into a fresh virtual
+# environment (which sees this one's dependencies, so torch is not installed again) and run
+# outside the repository on the bundled samples. Also part of `make test-slow`.
+test-wheel: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests/test_wheel.py
 
 # The published demo site (what GitHub Pages serves): a fresh demo run, its site copied to site/.
 # tests/test_published_site.py fails when site/ was built by other code than the current.

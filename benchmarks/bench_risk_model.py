@@ -73,7 +73,8 @@ def cohort(work: Path, seed: int, patients: int) -> tuple[Path, int]:
     return folder, json.loads((folder / "phantom" / "phantom.json").read_text())["n_patients"]
 
 
-def footprints(folder: Path, atlas: Atlas, domain: np.ndarray) -> tuple[pd.DataFrame, sp.csr_matrix]:
+def footprints(folder: Path, atlas: Atlas, domain: np.ndarray
+               ) -> tuple[pd.DataFrame, sp.csr_matrix]:
     """Registered nodules (QC rows) and their mask footprints on the domain, cached."""
     registered = load_registered(folder / "registered")
     qc = registered.qc[registered.qc["status"] != "failed"].sort_values("nodule")

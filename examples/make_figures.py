@@ -20,7 +20,7 @@ import pyvista as pv  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from llnm3d import Atlas  # noqa: E402
-from llnm3d.atlas import REGION_NAMES  # noqa: E402
+from llnm3d.atlas import REGION_COLOURS, REGION_NAMES  # noqa: E402
 from llnm3d.heatmap import compute_heatmaps, load_heatmap, overlay  # noqa: E402
 from llnm3d.io import read_grayscale, read_mask  # noqa: E402
 from llnm3d.manifest import read_manifest  # noqa: E402
@@ -28,9 +28,6 @@ from llnm3d.phantom import make_phantom  # noqa: E402
 from llnm3d.qc import NODULE_COLOUR, contact_sheet, outline  # noqa: E402
 
 pv.OFF_SCREEN = True
-
-REGION_COLOURS = {11: "#c6dbef", 12: "#6baed6", 13: "#2171b5", 21: "#fdd0a2", 22: "#fd8d3c",
-                  23: "#d94801", 30: "#a1d99b"}
 
 
 def render_atlas(atlas: Atlas, out_path: Path) -> None:

@@ -36,7 +36,9 @@ from . import __version__
 from .anatomy import ISTHMUS, LEFT, RIGHT, ThyroidShape, gland_field_mm
 from .checks import check_number
 from .io import InputError, atomic_path, read_json, read_volume, write_json, write_volume
+from .label_tables import write_label_tables
 from .mesh import surface_from_field
+from .nifti import NiftiHeader
 
 PART_NAMES = {RIGHT: "right", LEFT: "left", ISTHMUS: "isthmus"}
 THIRD_NAMES = {1: "upper", 2: "middle", 3: "lower"}
@@ -45,6 +47,10 @@ REGION_NAMES = {
     for part in (RIGHT, LEFT)
     for third in (1, 2, 3)
 } | {10 * ISTHMUS: "isthmus"}
+# sRGB colour of each region in figures and in the label tables for 3D Slicer and ITK-SNAP:
+# blues for the right lobe, oranges for the left, darker downwards; green for the isthmus.
+REGION_COLOURS = {11: "#c6dbef", 12: "#6baed6", 13: "#2171b5", 21: "#fdd0a2", 22: "#fd8d3c",
+                  23: "#d94801", 30: "#a1d99b"}
 
 # Grid of the default atlas: the parametric gland plus at least 4 mm of margin on every side.
 _DEFAULT_BOUNDS_MM = np.array([[-38.0, -10.0, -24.0], [38.0, 28.0, 40.0]])
@@ -298,20 +304,31 @@ class Atlas:
     def save(self, path: str | Path) -> Path:
         """Write the atlas to a folder (atomically, file by file).
 
-        Files: ``labels.nii.gz`` (uint8), ``capsule_distance.nii.gz`` (float32, mm),
-        ``capsule.stl`` and ``capsule.glb`` (surface), ``atlas.json`` (encoding, lobe axes,
-        landmarks, provenance). Volumes carry origin, spacing and direction, so they open aligned
-        in 3D Slicer and ITK-SNAP.
+        Files: ``labels.nii.gz`` (uint8, NIfTI intent "label"), ``labels.ctbl`` and
+        ``labels.itksnap.txt`` (region names and colours for 3D Slicer and ITK-SNAP),
+        ``capsule_distance.nii.gz`` (float32, mm), ``capsule.stl`` (surface in atlas LPS mm),
+        ``capsule.glb`` (the same surface Y-up, as ``llnm3d export`` writes it), ``atlas.json``
+        (encoding, lobe axes, landmarks, provenance). Volumes carry origin, spacing and
+        direction, so they open aligned in 3D Slicer and ITK-SNAP.
         """
+        # export imports this module, so its glTF writer is imported here.
+        from .export import export_capsule
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        labels_header = NiftiHeader(intent="label", intent_name="region",
+                                    description="llnm3d atlas region labels (labels.ctbl)",
+                                    display_range=(0.0, float(max(REGION_NAMES))))
         write_volume(path / "labels.nii.gz", self.labels.astype(np.uint8), self.origin_mm,
-                     self.spacing_mm)
+                     self.spacing_mm, labels_header)
+        write_label_tables(path, REGION_NAMES, REGION_COLOURS)
+        distance_header = NiftiHeader(intent_name="mm", description="llnm3d capsule distance, "
+                                                                    "mm, negative inside")
         write_volume(path / "capsule_distance.nii.gz", self.capsule_distance.astype(np.float32),
-                     self.origin_mm, self.spacing_mm)
-        for name in ("capsule.stl", "capsule.glb"):
-            with atomic_path(path / name) as tmp:
-                self.surface.export(tmp, file_type=name.rsplit(".", 1)[1])
+                     self.origin_mm, self.spacing_mm, distance_header)
+        with atomic_path(path / "capsule.stl") as tmp:
+            self.surface.export(tmp, file_type="stl")
+        export_capsule(self, path / "capsule.glb", spacing_mm=self.spacing_mm)
         write_json(path / "atlas.json", {
             "format": "llnm3d-atlas/1",
             "space": "atlas mm, LPS (+x left, +y posterior, +z superior), origin isthmus centre",

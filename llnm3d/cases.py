@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .annotations import nodule_box, read_nodule_mask
 from .features import MODEL_FEATURES, nodule_features
 from .inputs import CHANNELS, Geometry, location_feature_map
 from .io import InputError, read_grayscale, read_mask
@@ -73,12 +74,13 @@ class Cases:
 
 
 def _load_one(task: tuple) -> tuple[str, tuple | str]:
-    case_id, image_path, nodule_path, thyroid_path, spacing, report, max_length, resize = task
+    (case_id, image_path, nodule_path, box_px, thyroid_path, spacing, report, max_length,
+     resize) = task
     try:
         image = read_grayscale(image_path)
-        if nodule_path is None:
+        nodule = read_nodule_mask(nodule_path, box_px, image.shape, resize)
+        if nodule is None:
             return case_id, "no nodule mask"
-        nodule = read_mask(nodule_path, image.shape if resize else None)
         thyroid = read_mask(thyroid_path, image.shape if resize else None)
         spacing = None if spacing is None or not np.isfinite(spacing) else float(spacing)
         values = nodule_features(image, nodule, spacing_mm=spacing, thyroid_mask=thyroid)
@@ -108,7 +110,8 @@ def load_cases(manifest: Manifest, view: str | None = None, max_length: int = 48
         spacing = row.get("pixel_spacing_mm")
         report = row.get("report")
         tasks.append((row["case_id"], manifest.path(row, "image"),
-                      manifest.path(row, "nodule_mask"), manifest.path(row, "thyroid_mask"),
+                      manifest.path(row, "nodule_mask"), nodule_box(row),
+                      manifest.path(row, "thyroid_mask"),
                       None if pd.isna(spacing) else float(spacing),
                       "" if pd.isna(report) else str(report), max_length, resize_masks))
     outcomes, failures = map_cases(_load_one, tasks, workers, progress, desc="loading cases",

@@ -79,6 +79,19 @@ def _input_errors() -> Iterator[None]:
         _fail(_os_error_text(exc))
 
 
+def _read_manifest(path: Path, allow_outside: bool):
+    """Read a manifest for a stage, warning about columns that look like misspelt known ones
+    (a typo would otherwise leave that column unused without a word)."""
+    from .manifest import read_manifest
+
+    manifest = read_manifest(path, allow_outside=allow_outside)
+    for column, suggestion in manifest.extra_columns:
+        if suggestion:
+            _say(f"warning: column {column!r} is not one llnm3d reads; did you mean "
+                 f"{suggestion!r}?", err=True)
+    return manifest
+
+
 def _notes(notes: list[str]) -> None:
     """Print one ``note:`` line per note."""
     for note in notes:
@@ -188,17 +201,33 @@ def section(
 @app.command("check-manifest")
 def check_manifest(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
+    stage: Annotated[Optional[list[str]], typer.Option(
+        help="A stage the manifest must be ready for (heatmap, register, aggregate, train; "
+             "repeatable): exit 1 when it is not.")] = None,
     allow_outside: AllowOutsideOption = False,
 ) -> None:
-    """Validate a manifest: columns, values, files. Lists each bad case by id."""
-    from .manifest import read_manifest
+    """Validate a manifest: columns (a misspelt one gets a suggestion), values, files (format
+    and size from their headers) and what each later stage needs. Lists each bad case by id
+    and says which stages the manifest is ready for.
+
+    Exit 1 when some rows have problems, or a stage given with --stage is not ready; stage
+    readiness alone is information."""
+    from .checks import check_choice
+    from .manifest_check import STAGES
+    from .manifest_check import check_manifest as run_check
 
     with _input_errors():
-        result = read_manifest(manifest, allow_outside=allow_outside)
-    table = result.table
-    _say(f"{len(table)} valid images, {table['patient_id'].nunique()} patients, "
-         f"{len(result.problems)} problem(s)")
+        for name in stage or []:
+            check_choice("stage", name, STAGES)
+        result = run_check(manifest, allow_outside=allow_outside)
+    for line in [*result.column_lines(), *result.summary_lines()]:
+        _say(line)
+    not_ready = [name for name in dict.fromkeys(stage or []) if not result.stage(name).ready]
+    for name in not_ready:
+        _say(f"failed: stage {name}: not ready", err=True)
     _report_failures(result.problems, "case")
+    if not_ready:
+        raise typer.Exit(EXIT_CASES_FAILED)
 
 
 @app.command("contact-sheet")
@@ -210,12 +239,11 @@ def contact_sheet(
 ) -> None:
     """Draw the first images of a manifest with thyroid (yellow) and nodule (red) outlines."""
     from .io import ensure_writable_dir
-    from .manifest import read_manifest
     from .qc import contact_sheet as draw
 
     with _input_errors():
         ensure_writable_dir(out.parent)
-        draw(read_manifest(manifest, allow_outside=allow_outside), out, n=n)
+        draw(_read_manifest(manifest, allow_outside), out, n=n)
     _say(f"contact sheet written to {out}")
 
 
@@ -229,11 +257,10 @@ def features(
     """Morphology features (shape, echogenicity contrast, margin, texture) per image."""
     from .features import write_features
     from .io import ensure_writable_dir
-    from .manifest import read_manifest
 
     with _input_errors():
         ensure_writable_dir(out.parent)
-        failures = write_features(read_manifest(manifest, allow_outside=allow_outside), out,
+        failures = write_features(_read_manifest(manifest, allow_outside), out,
                                   resize_masks=resize_masks)
     _say(f"features written to {out}")
     _report_failures(failures, "case")
@@ -257,7 +284,6 @@ def train(
     allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Train LLNM-Net on one view; resumes from the checkpoint in --out."""
-    from .manifest import read_manifest
     from .train import TrainSettings
     from .train import train as run
 
@@ -265,7 +291,7 @@ def train(
         settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size,
                                  learning_rate=learning_rate, seed=seed,
                                  modality_dropout=modality_dropout)
-        result = run(read_manifest(manifest, allow_outside=allow_outside), view, out, settings,
+        result = run(_read_manifest(manifest, allow_outside), view, out, settings,
                      device=device)
     _say(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "
          f"val AUC {result['val_auc']:.3f}; model in {out}")
@@ -289,10 +315,9 @@ def heatmap(
 ) -> None:
     """LLNM probability and a GradCAM++ heatmap per image (resumable)."""
     from .heatmap import compute_heatmaps
-    from .manifest import read_manifest
 
     with _input_errors():
-        result = compute_heatmaps(read_manifest(manifest, allow_outside=allow_outside), out,
+        result = compute_heatmaps(_read_manifest(manifest, allow_outside), out,
                                   model_dir=model_dir, batch_size=batch_size,
                                   device=device, resize_masks=resize_masks, layer=layer)
     _say(f"{len(result.predictions)} predictions and heatmaps in {out}")
@@ -320,16 +345,16 @@ def register(
         help="Drop fused heatmap values below this (sparser patches).")] = 0.05,
     allow_coarse_location: Annotated[bool, typer.Option(
         help="Place nodules without masks by the manifest's lobe_third and front_back columns "
-             "(flagged as warnings) instead of failing them.")] = False,
+             "(empty ones read from the report; flagged as warnings) instead of failing them.")
+    ] = False,
     allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Register every nodule's views onto the atlas: one 3D patch per nodule and a QC table
     (resumable)."""
-    from .manifest import read_manifest
     from .registration import register as register_cohort
 
     with _input_errors():
-        result = register_cohort(read_manifest(manifest, allow_outside=allow_outside),
+        result = register_cohort(_read_manifest(manifest, allow_outside),
                                  heatmaps=heatmaps, atlas=_load_atlas(atlas_path),
                                  out_dir=out, transform=transform, min_weight=min_weight,
                                  allow_coarse_location=allow_coarse_location, workers=workers,
@@ -379,9 +404,10 @@ def aggregate(
     names = [c.strip() for c in covariates.split(",") if c.strip()]
     with _input_errors():
         stats = aggregate_stats(registered, atlas=_load_atlas(atlas_path), out_dir=out,
-                                estimator=estimator, weight=weight, min_cases=min_cases, permutations=permutations,
-                                covariates=names, seed=seed, update=update, workers=workers,
-                                scheduler=scheduler, device=device)
+                                estimator=estimator, weight=weight, min_cases=min_cases,
+                                permutations=permutations, covariates=names, seed=seed,
+                                update=update, workers=workers, scheduler=scheduler,
+                                device=device)
     summary = stats.summary
     excluded = {k: v for k, v in summary["excluded"].items() if v}
     _say(f"{summary['nodules']} nodules ({summary['events']} with LLNM), "
@@ -425,6 +451,9 @@ def export_command(
     min_cases: PublishMinCasesOption = None,
     field_spacing_mm: Annotated[float, typer.Option(
         help="Grid of the exported probability points (mm).")] = 1.0,
+    units: Annotated[str, typer.Option(
+        help="Length unit of the files: mm (atlas mm, as the site's) or m (metres, the glTF "
+             "standard's unit, for Blender and other tools).")] = "mm",
 ) -> None:
     """glTF (.glb) files of the probability field, capsule surface and isosurfaces."""
     from .export import export_stats
@@ -432,7 +461,8 @@ def export_command(
     with _input_errors():
         atlas = _load_atlas(atlas_path) if atlas_path else None
         result = export_stats(stats, out, atlas=atlas, levels=_levels(levels),
-                              min_cases=min_cases, field_spacing_mm=field_spacing_mm)
+                              min_cases=min_cases, field_spacing_mm=field_spacing_mm,
+                              units=units)
     _say(f"{result['points']} voxels with >= {result['min_cases']} nodules, isosurfaces "
          f"at {result['isosurface_levels']}; glTF files in {out}")
     _notes(result["notes"])
@@ -526,6 +556,33 @@ site:                          {_printable(summary['site'])} \
 view it:                       llnm3d serve {_printable(summary['site'])}   (then open \
 http://localhost:8000)
 everything:                    {_printable(Path(out) / 'summary.json')}""")
+
+
+@app.command("import-dicom")
+def import_dicom_command(
+    source: Annotated[Path, typer.Argument(help="Folder of ultrasound DICOM files (searched "
+                                                "recursively).")],
+    out: Annotated[Path, typer.Option(help="Cohort folder (manifest.csv, images/); a re-run "
+                                           "imports only new or changed files.")],
+    key: Annotated[Optional[Path], typer.Option(
+        help="Private key file mapping opaque ids back to patients, outside --out (default: "
+             "OUT.dicom-key.json beside it). Keep it; later imports into OUT need it.")] = None,
+    frame: Annotated[Optional[int], typer.Option(
+        help="Frame of multi-frame files, 0-based (default: the middle frame).")] = None,
+    annotations: Annotated[Optional[Path], typer.Option(
+        help="CSV with a 'file' column (path relative to SOURCE) and manifest columns to "
+             "fill in (nodule_id, view, side, label, ...).")] = None,
+) -> None:
+    """Import ultrasound DICOM files as a de-identified cohort: each file's B-mode region as a
+    grayscale PNG, calibrated by its ultrasound regions, and a manifest (docs/dicom.md)."""
+    from .dicom import import_dicom
+
+    with _input_errors():
+        result = import_dicom(source, out, key_path=key, frame=frame, annotations=annotations)
+    _say(f"{len(result.manifest)} images in {out / 'manifest.csv'} ({result.imported} imported "
+         f"now, {result.reused} imported before, {len(result.failures)} failed)")
+    _notes(result.notes)
+    _report_failures(result.failures, "file")
 
 
 def main() -> None:

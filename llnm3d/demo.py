@@ -12,8 +12,7 @@ from .checks import check_number, check_seed
 from .heatmap import compute_heatmaps
 from .io import ensure_writable_dir, write_json
 from .manifest import read_manifest
-from .phantom import make_phantom
-from .phantom import RiskSpec
+from .phantom import RiskSpec, make_phantom
 from .phantom.cohort import MAX_PATIENTS
 from .phantom.truth import planted_risk_map, registration_errors, truth_risk_map
 from .qc import contact_sheet

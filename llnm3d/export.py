@@ -1,9 +1,9 @@
 """glTF export of aggregated maps: probability field, capsule surface, isosurfaces.
 
 Every file is a binary glTF (``.glb``) in atlas LPS millimetres under a root node that turns it
-Y-up (see ``docs/site-format.md``). Voxels with fewer than ``min_cases`` nodules are never
-written, so the files carry aggregates only; ``min_cases`` is never below
-:data:`PUBLISH_MIN_CASES`.
+Y-up (see ``docs/site-format.md``) and, with ``units="m"``, scales it to metres (glTF's unit).
+Voxels with fewer than ``min_cases`` nodules are never written, so the files carry aggregates
+only; ``min_cases`` is never below :data:`PUBLISH_MIN_CASES`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import pandas as pd
 
 from . import __version__
 from .atlas import REGION_NAMES, Atlas, as_atlas
-from .checks import check_number
+from .checks import check_choice, check_number
 from .gltf import (
     POINTS,
     TRIANGLES,
+    UNIT_SCALES,
     GlbBuilder,
     color_bytes,
     quantize_normals,
@@ -149,11 +150,12 @@ def shown_voxels(stats: Stats, min_cases: int) -> np.ndarray:
     return np.isfinite(stats.volumes["probability"]) & (stats.volumes["n_nodules"] >= min_cases)
 
 
-def metadata(stats: Stats | None, min_cases: int | None, **more) -> dict:
-    """``asset.extras`` / site metadata: aggregates and provenance, no ids or paths."""
+def metadata(stats: Stats | None, min_cases: int | None, units: str = "mm", **more) -> dict:
+    """``asset.extras`` / site metadata: aggregates and provenance, no ids or paths.
+    ``units`` is the files' length unit (:data:`llnm3d.gltf.UNIT_SCALES`)."""
     extras = {"generator": f"llnm3d {__version__}", "llnm3d_version": __version__,
-              "units": "mm", "space": "atlas LPS mm (+x left, +y posterior, +z superior), "
-                                      "origin at the isthmus centre",
+              "units": units, "space": f"atlas LPS {units} (+x left, +y posterior, "
+                                       "+z superior), origin at the isthmus centre",
               "region_names": {str(k): v for k, v in REGION_NAMES.items()}}
     if stats is not None:
         extras |= {"quantity": "LLNM probability", "nodules": stats.summary.get("nodules"),
@@ -165,8 +167,8 @@ def metadata(stats: Stats | None, min_cases: int | None, **more) -> dict:
 def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None,
                  spacing_mm: float = DEFAULT_FIELD_SPACING_MM,
                  atlas: Atlas | str | Path | None = None,
-                 colormap: str = DEFAULT_COLORMAP) -> ExportedField:
-    """Write the probability field as one glTF point primitive.
+                 colormap: str = DEFAULT_COLORMAP, units: str = "mm") -> ExportedField:
+    """Write the probability field as one glTF point primitive (in ``units``: mm or m).
 
     One point per voxel centre of a ``spacing_mm`` grid (every k-th voxel of the map, nearest
     sample, no smoothing) where the map holds a value from at least ``min_cases`` nodules
@@ -183,7 +185,7 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
     shown = shown_voxels(stats, min_cases)[sub]
     k, j, i = np.nonzero(shown)
     values = {name: stats.volumes[name][sub][shown].astype(np.float32) for name in REQUIRED_MAPS}
-    builder = GlbBuilder()
+    builder = GlbBuilder(units)
     value_range, coverage = None, None
     if len(i):
         grid = np.stack([i, j, k], axis=1)
@@ -211,7 +213,7 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
                          translation=origin, scale=stats.spacing_mm * step)
     else:
         notes.append(f"no voxel has at least {min_cases} nodules; the field is empty")
-    builder.write(path, metadata(stats, min_cases, points=int(len(i)),
+    builder.write(path, metadata(stats, min_cases, units, points=int(len(i)),
                                  field_spacing_mm=stats.spacing_mm * step,
                                  probability_range=value_range, colormap=colormap,
                                  attributes=FIELD_ATTRIBUTES))
@@ -264,14 +266,15 @@ def export_capsule(atlas: Atlas, path: str | Path, stats: Stats | None = None, *
                    min_cases: int | None = None,
                    spacing_mm: float = DEFAULT_SURFACE_SPACING_MM,
                    colormap: str = DEFAULT_COLORMAP,
-                   value_range: tuple[float, float] | None = None) -> Path:
-    """Write the atlas capsule surface (outward normals), coloured by the map just inside it.
+                   value_range: tuple[float, float] | None = None, units: str = "mm") -> Path:
+    """Write the atlas capsule surface (outward normals), coloured by the map just inside it
+    (in ``units``: mm or m).
 
     Each vertex takes the probability of the first shown voxel found 0.75, 1.5 or 2.5 mm
     inside along its normal (``_PROB``; -1 and light grey where there is none).
     """
     mesh = web_surface(atlas, spacing_mm)
-    builder = GlbBuilder()
+    builder = GlbBuilder(units)
     extra = {}
     if stats is not None:
         check_stats(stats)
@@ -296,7 +299,8 @@ def export_capsule(atlas: Atlas, path: str | Path, stats: Stats | None = None, *
     material = builder.material("capsule", [0.93, 0.80, 0.76, 0.35], blend=True)
     _add_mesh(builder, "capsule", mesh, material, extra)
     attributes = {"_PROB": "LLNM probability just inside the capsule; -1 where not shown"}
-    builder.write(path, metadata(stats, min_cases, attributes=attributes if stats else {},
+    builder.write(path, metadata(stats, min_cases, units,
+                                 attributes=attributes if stats else {},
                                  surface_spacing_mm=atlas.spacing_mm
                                  * max(1, int(round(spacing_mm / atlas.spacing_mm)))))
     return Path(path)
@@ -323,8 +327,10 @@ def export_isosurfaces(stats: Stats, path: str | Path, levels: list[float] | Non
                        min_cases: int | None = None,
                        spacing_mm: float = DEFAULT_SURFACE_SPACING_MM,
                        colormap: str = DEFAULT_COLORMAP,
-                       value_range: tuple[float, float] | None = None) -> list[float]:
-    """Write one closed surface per level around the voxels with probability >= level.
+                       value_range: tuple[float, float] | None = None,
+                       units: str = "mm") -> list[float]:
+    """Write one closed surface per level around the voxels with probability >= level (in
+    ``units``: mm or m).
 
     Returns the levels that produced a surface (a level above the map's maximum gives none).
     """
@@ -335,7 +341,7 @@ def export_isosurfaces(stats: Stats, path: str | Path, levels: list[float] | Non
     levels = default_levels(probability) if levels is None else sorted(levels)
     step = max(1, int(round(spacing_mm / stats.spacing_mm)))
     field_zyx = np.nan_to_num(probability, nan=0.0)[::step, ::step, ::step]
-    builder, written = GlbBuilder(), []
+    builder, written = GlbBuilder(units), []
     for level in levels:
         if not (field_zyx >= level).any():
             continue
@@ -347,7 +353,7 @@ def export_isosurfaces(stats: Stats, path: str | Path, levels: list[float] | Non
         _add_mesh(builder, f"probability >= {level:g}", mesh, material,
                   extras={"level": level})
         written.append(level)
-    builder.write(path, metadata(stats, min_cases, levels=written))
+    builder.write(path, metadata(stats, min_cases, units, levels=written))
     return written
 
 
@@ -422,26 +428,30 @@ def export_layers(stats: Stats, out_dir: str | Path, *,
                   levels: list[float] | None = None, min_cases: int | None = None,
                   field_spacing_mm: float = DEFAULT_FIELD_SPACING_MM,
                   surface_spacing_mm: float = DEFAULT_SURFACE_SPACING_MM,
-                  colormap: str = DEFAULT_COLORMAP) -> dict:
+                  colormap: str = DEFAULT_COLORMAP, units: str = "mm") -> dict:
     """Write ``field.glb``, ``capsule.glb`` and ``isosurfaces.glb`` of ``stats`` into
     ``out_dir``; return what was written (point count, shown range, coverage, levels, the
-    publishing ``min_cases`` and notes)."""
+    publishing ``min_cases`` and notes). ``units``: ``mm`` (atlas mm, as the site's files) or
+    ``m`` (metres, the glTF specification's unit)."""
     check_stats(stats)
     shown_min_cases = min_cases_of(stats, min_cases)  # refused before anything is written
     check_levels(levels)
+    check_choice("units", units, UNIT_SCALES)
     for name, spacing in (("field_spacing_mm", field_spacing_mm),
                           ("surface_spacing_mm", surface_spacing_mm)):
         check_number(name, spacing, low=0, high=MAX_SPACING_MM, low_inclusive=False)
     atlas = as_atlas(atlas) or _matching_atlas(stats)
     out_dir = ensure_writable_dir(out_dir)
     exported = export_field(stats, out_dir / "field.glb", min_cases=min_cases,
-                            spacing_mm=field_spacing_mm, atlas=atlas, colormap=colormap)
+                            spacing_mm=field_spacing_mm, atlas=atlas, colormap=colormap,
+                            units=units)
     export_capsule(atlas, out_dir / "capsule.glb", stats, min_cases=min_cases,
                    spacing_mm=surface_spacing_mm, colormap=colormap,
-                   value_range=exported.probability_range)
+                   value_range=exported.probability_range, units=units)
     written = export_isosurfaces(stats, out_dir / "isosurfaces.glb", levels,
                                  min_cases=min_cases, spacing_mm=surface_spacing_mm,
-                                 colormap=colormap, value_range=exported.probability_range)
+                                 colormap=colormap, value_range=exported.probability_range,
+                                 units=units)
     return {"points": exported.points, "probability_range": exported.probability_range,
             "coverage_range": exported.coverage_range, "field_spacing_mm": exported.spacing_mm,
             "isosurface_levels": written, "min_cases": shown_min_cases,

@@ -16,6 +16,7 @@ from skimage.feature import graycomatrix
 from skimage.measure import label, perimeter, regionprops
 from tqdm.auto import tqdm
 
+from .annotations import nodule_box, read_nodule_mask
 from .io import InputError, atomic_path, read_grayscale, read_mask
 from .manifest import Manifest, as_manifest
 
@@ -265,8 +266,8 @@ def features_table(manifest: Manifest, progress: bool = True, resize_masks: bool
     for _, row in tqdm(rows, total=len(manifest.table), desc="features", unit="image",
                        disable=not progress):
         case_id = row["case_id"]
-        nodule_path = manifest.path(row, "nodule_mask")
-        if nodule_path is None:
+        nodule_path, box_px = manifest.path(row, "nodule_mask"), nodule_box(row)
+        if nodule_path is None and box_px is None:
             failures.append((case_id, "no nodule mask"))
             continue
         thyroid_path = manifest.path(row, "thyroid_mask")
@@ -275,7 +276,7 @@ def features_table(manifest: Manifest, progress: bool = True, resize_masks: bool
             image = read_grayscale(manifest.path(row, "image"))
             size = image.shape if resize_masks else None
             features = nodule_features(
-                image, read_mask(nodule_path, size),
+                image, read_nodule_mask(nodule_path, box_px, image.shape, resize_masks),
                 spacing_mm=None if pd.isna(spacing) else float(spacing),
                 thyroid_mask=read_mask(thyroid_path, size),
             )

@@ -2,8 +2,9 @@
 
 Only what llnm3d exports: one buffer, quantised positions and normals
 (``KHR_mesh_quantization``), custom per-vertex attributes (names starting with ``_``), one root
-node that turns atlas LPS millimetres into glTF's Y-up frame. Written here rather than through
-trimesh because trimesh cannot write custom attributes on a point primitive.
+node that turns atlas LPS millimetres into glTF's Y-up frame (in mm, or in metres, glTF's own
+unit). Written here rather than through trimesh because trimesh cannot write custom
+attributes on a point primitive.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import check_choice
 from .io import atomic_path
 
 ARRAY_BUFFER = 34962
@@ -23,6 +25,9 @@ QUANTIZATION = "KHR_mesh_quantization"
 # -90 degrees about X: atlas (x, y, z) = (left, posterior, superior) -> glTF (x, z, -y), so
 # superior is up and anterior faces +Z, the front of a glTF asset.
 LPS_TO_GLTF_ROTATION = [-np.sqrt(0.5), 0.0, 0.0, np.sqrt(0.5)]
+# Length unit of a file -> the root node's scale from atlas mm. The glTF specification's unit
+# is the metre; the site's viewer and its camera settings work in mm.
+UNIT_SCALES = {"mm": 1.0, "m": 1e-3}
 
 _COMPONENT = {np.dtype(np.int8): 5120, np.dtype(np.uint8): 5121, np.dtype(np.int16): 5122,
               np.dtype(np.uint16): 5123, np.dtype(np.uint32): 5125,
@@ -34,16 +39,19 @@ class GlbBuilder:
     """Collects accessors, meshes and nodes, then writes one ``.glb`` file.
 
     Nodes added with :meth:`add_node` hang under the root node ``llnm3d``, whose rotation maps
-    atlas LPS mm to glTF's frame; each node's own translation and scale turn its (quantised)
-    vertex coordinates back into atlas mm.
+    atlas LPS mm to glTF's frame (and whose scale, with ``units="m"``, turns mm into metres);
+    each node's own translation and scale turn its (quantised) vertex coordinates back into
+    atlas mm.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, units: str = "mm") -> None:
+        check_choice("units", units, UNIT_SCALES)
+        root: dict = {"name": "llnm3d", "rotation": LPS_TO_GLTF_ROTATION, "children": []}
+        if units != "mm":
+            root["scale"] = [UNIT_SCALES[units]] * 3
         self._blob = bytearray()
         self.doc: dict = {"asset": {"version": "2.0"}, "scene": 0,
-                          "scenes": [{"nodes": [0]}],
-                          "nodes": [{"name": "llnm3d", "rotation": LPS_TO_GLTF_ROTATION,
-                                     "children": []}],
+                          "scenes": [{"nodes": [0]}], "nodes": [root],
                           "meshes": [], "materials": [], "accessors": [], "bufferViews": [],
                           "buffers": [{"byteLength": 0}]}
         self._quantized = False

@@ -26,6 +26,7 @@ reported by its id; the others complete.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,12 @@ from .io import (
 )
 from .manifest import Manifest, as_manifest
 from .model import LLNMNet, load_model
-from .train import MAX_BATCH_SIZE
 from .resume import Resumed, claim_folder, finished_cases
+from .train import MAX_BATCH_SIZE
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
+# The bundled weights travel inside the package (package data), so a wheel carries them. pip
+# installs a wheel unpacked, so the resource is a real folder.
+MODEL_DIR = Path(str(resources.files("llnm3d").joinpath("weights")))
 VIEWS = ("transverse", "longitudinal")
 LLNM_CLASS = 1
 FORMAT = "llnm3d-heatmaps/1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -23,6 +24,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
+
+from .nifti import NiftiHeader, nifti_image
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -165,7 +168,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block succeeds, check the file,
     flush it to disk and rename it onto ``path``.
 
@@ -174,6 +177,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     :data:`TEMPORARY_MARK`, so readers skip it (:func:`is_temporary`). The check reads back
     NIfTI, npz, PNG, GLB and safetensors files and refuses empty ones, so a writer that
     reports no error on a full disk cannot replace a good file with a truncated one.
+    ``mode`` sets the finished file's permissions (e.g. 0o600 for a private key file, which
+    then is never readable by others, not even for a moment); default 0666 less the umask.
 
     Raises
     ------
@@ -181,12 +186,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         If the file cannot be written completely (full disk, read-only or failing file
         system); ``path`` keeps its previous content.
     """
-    with atomic_paths([path]) as (tmp,):
+    with atomic_paths([path], mode) as (tmp,):
         yield tmp
 
 
 @contextlib.contextmanager
-def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+def atomic_paths(paths: list[str | os.PathLike],
+                 mode: int | None = None) -> Iterator[list[Path]]:
     """:func:`atomic_path` for files that belong together (the maps and tables of one
     result): none replaces its previous version until every one is written and checked, so a
     failure leaves the whole previous set, never a mix of old and new files."""
@@ -213,7 +219,7 @@ def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
                                      f"({exc}); {_disk_text(current.parent)}") from None
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())
-                os.chmod(tmp, _FILE_MODE)
+                os.chmod(tmp, _FILE_MODE if mode is None else mode)
             for current, tmp in zip(paths, temporaries):
                 os.replace(tmp, current)
             for folder in {p.parent for p in paths}:
@@ -340,6 +346,7 @@ def write_volume(
     array_zyx: np.ndarray,
     origin_mm: np.ndarray,
     spacing_mm: float,
+    header: NiftiHeader | None = None,
 ) -> None:
     """Write a volume in atlas space (LPS, identity direction) as NIfTI, atomically.
 
@@ -351,20 +358,32 @@ def write_volume(
         Atlas (LPS) position of voxel (0, 0, 0), in mm.
     spacing_mm : float
         Isotropic voxel size in mm.
+    header : NiftiHeader, optional
+        What the values are (intent, description, display range; :mod:`llnm3d.nifti`).
     """
     with atomic_path(path) as tmp:
-        write_nifti(tmp, array_zyx, origin_mm, spacing_mm)
+        write_nifti(tmp, array_zyx, origin_mm, spacing_mm, header)
 
 
 def write_nifti(path: str | os.PathLike, array_zyx: np.ndarray, origin_mm: np.ndarray,
-                spacing_mm: float) -> None:
+                spacing_mm: float, header: NiftiHeader | None = None) -> None:
     """Write a volume as :func:`write_volume` does, but in place (for a path from
     :func:`atomic_path` or :func:`atomic_paths`)."""
-    image = sitk.GetImageFromArray(array_zyx)
-    image.SetOrigin(tuple(float(v) for v in origin_mm))
-    image.SetSpacing((float(spacing_mm),) * 3)
-    image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    sitk.WriteImage(image, str(path), useCompression=True)
+    # nibabel rather than SimpleITK: ITK's writer cannot set intent codes or cal_min/max.
+    _write_nifti_file(nifti_image(array_zyx, origin_mm, spacing_mm, header), Path(path))
+
+
+def _write_nifti_file(image: nib.Nifti1Image, path: Path) -> None:
+    # Our own file handles, closed even when the disk fills (nib.save leaves its handle to the
+    # garbage collector, which keeps a full file system busy); gzip without a name or a time
+    # in its header, so the bytes depend on the volume alone.
+    with open(path, "wb") as raw:
+        if path.suffix != ".gz":
+            image.to_file_map({"image": nib.FileHolder(fileobj=raw)})
+            return
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6,
+                           mtime=0) as stream:
+            image.to_file_map({"image": nib.FileHolder(fileobj=stream)})
 
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:

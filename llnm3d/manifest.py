@@ -8,14 +8,18 @@ unreadable, required columns absent) raise :class:`~llnm3d.io.InputError`.
 from __future__ import annotations
 
 import csv
+import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from . import __version__
+from .annotations import BOX_COLUMNS, box_problem, nodule_box
 from .io import InputError, digest, file_digest, file_stem
+from .report_location import PROVENANCE_COLUMNS, fill_location_from_reports
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "nodule_id", "side", "view", "image")
 OPTIONAL_COLUMNS = ("thyroid_mask", "nodule_mask", "pixel_spacing_mm", "label", "age", "sex",
@@ -23,6 +27,15 @@ OPTIONAL_COLUMNS = ("thyroid_mask", "nodule_mask", "pixel_spacing_mm", "label", 
 SIDES = ("L", "R")
 VIEWS = ("transverse", "longitudinal")
 PATH_COLUMNS = ("image", "thyroid_mask", "nodule_mask")
+# Extra columns that stages read besides the optional ones (register's coarse location, train's
+# split, nodule boxes, where a location came from): check-manifest does not flag them.
+STAGE_COLUMNS = ("lobe_third", "front_back", "split", *BOX_COLUMNS, "nodule_box",
+                 "location_source", *PROVENANCE_COLUMNS)
+KNOWN_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *STAGE_COLUMNS)
+# How close (difflib ratio) an unknown column must be to a known one to be called a misspelling
+# of it: 0.7 catches "lable", "thyroid_msk", "veiw", "Sex", but not "hospital" for "split".
+MISSPELLING_CUTOFF = 0.7
+DICOM_SUFFIXES = (".dcm", ".dicom")
 # What LLNM-Net reads of a row besides its files: a change in any makes its heatmap stale.
 MODEL_FIELDS = ("case_id", "view", "pixel_spacing_mm", "report", "age", "sex")
 # Physical ranges of the numeric columns (inclusive): (low, high, unit). Thyroid ultrasound
@@ -51,6 +64,9 @@ class Manifest:
     rejected : pandas.DataFrame
         The rows left out (raw ``case_id``, ``patient_id``, ``nodule_id``) with their
         ``problem``, so per-nodule stages can fail the nodule they belong to.
+    extra_columns : list of (column, suggestion)
+        The columns that no stage reads (not in :data:`KNOWN_COLUMNS`), each with the known
+        column it is likely a misspelling of (:func:`extra_columns`), or None.
     """
 
     table: pd.DataFrame
@@ -59,6 +75,7 @@ class Manifest:
     problems: list[tuple[str, str]] = field(default_factory=list)
     rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["case_id", "patient_id", "nodule_id", "problem"]))
+    extra_columns: list[tuple[str, str | None]] = field(default_factory=list)
 
     def path(self, row: pd.Series, column: str) -> Path | None:
         """Absolute path of a file column of a row (None where the cell is empty)."""
@@ -72,6 +89,11 @@ class Manifest:
         fields = {name: (None if pd.isna(row.get(name)) else str(row.get(name)))
                   for name in MODEL_FIELDS}
         files = {column: file_digest(self.path(row, column)) for column in PATH_COLUMNS}
+        box = nodule_box(row)
+        # Only a box that makes the mask is an input (a row's mask file wins); digests of
+        # rows without one stay as they were.
+        if box is not None and self.path(row, "nodule_mask") is None:
+            fields["nodule_box"] = list(box)
         return digest({"fields": fields, "files": files, "llnm3d": __version__})
 
 
@@ -106,9 +128,13 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: cannot parse manifest ({exc})") from None
     table.columns = [c.strip() for c in table.columns]
+    extra = extra_columns(table.columns)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise InputError(f"{path}: manifest lacks required column(s) {', '.join(missing)}")
+        hints = "".join(f" (column {column!r}: did you mean {suggestion!r}?)"
+                        for column, suggestion in extra if suggestion in missing)
+        raise InputError(f"{path}: manifest lacks required column(s) {', '.join(missing)}"
+                         f"{hints}")
     root = path.parent.resolve()
     problems: list[tuple[str, str]] = []
     keep, left_out = [], []
@@ -137,7 +163,23 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
         lambda column: column.str.strip())
     rejected["problem"] = [problem for _, problem in problems]
     return Manifest(valid.reset_index(drop=True), root, path, problems,
-                    rejected.reset_index(drop=True))
+                    rejected.reset_index(drop=True), extra)
+
+
+def extra_columns(columns) -> list[tuple[str, str | None]]:
+    """The columns that are not in :data:`KNOWN_COLUMNS` (kept, read by no stage), each with
+    the known column it most resembles among those the manifest lacks (ignoring letter case,
+    :data:`MISSPELLING_CUTOFF`), or None: ``lable`` gives ``label``, ``scanner`` None."""
+    present = set(columns)
+    absent = {known.casefold(): known for known in KNOWN_COLUMNS if known not in present}
+    found = []
+    for column in columns:
+        if column in KNOWN_COLUMNS:
+            continue
+        close = difflib.get_close_matches(column.casefold(), list(absent), n=1,
+                                          cutoff=MISSPELLING_CUTOFF)
+        found.append((column, absent[close[0]] if close else None))
+    return found
 
 
 def _row_problem(row: pd.Series, root: Path, allow_outside: bool) -> str | None:
@@ -164,10 +206,35 @@ def _row_problem(row: pd.Series, root: Path, allow_outside: bool) -> str | None:
             continue
         target = (root / value).resolve()
         if not allow_outside and not target.is_relative_to(root):
-            return f"{column} path {value!r} leads outside the cohort folder"
+            return _outside_problem(column, value, root, target)
         if not target.is_file():
             return f"{column} file {value!r} not found"
-    return None
+        if _is_dicom(target):
+            return f"{column} {value!r} is DICOM: convert with `llnm3d import-dicom`"
+    return box_problem(row, root / row["image"].strip())
+
+
+def _outside_problem(column: str, value: str, root: Path, target: Path) -> str:
+    """Why a file path leading outside the cohort folder (to ``target``) is refused, naming
+    the option that allows it."""
+    # A path whose text stays inside the folder leaves it through a symlink: say where to.
+    through = Path(os.path.normpath(root / value)).is_relative_to(root)
+    via = f" (through a symlink, to {target})" if through else ""
+    return (f"{column} path {value!r} leads outside the cohort folder{via}; use "
+            "--allow-outside to allow it")
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether a file is DICOM, which no stage reads: by its suffix, or by the ``DICM`` mark
+    at byte 128 of a DICOM file whatever its name (one 132-byte read)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _number_problem(column: str, value: str) -> str | None:
@@ -200,4 +267,5 @@ def _normalise(table: pd.DataFrame) -> pd.DataFrame:
         table["label"] = pd.to_numeric(table["label"].str.strip().replace("", None)).astype("Int64")
     if "sex" in table:
         table["sex"] = table["sex"].str.strip().str.upper()
-    return table
+    # Empty side, lobe_third and front_back are read from the report, and recorded as such.
+    return fill_location_from_reports(table)

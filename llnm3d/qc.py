@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from .annotations import nodule_box, read_nodule_mask
 from .checks import check_number
 from .io import atomic_path, read_grayscale, read_mask
 from .manifest import Manifest
@@ -37,9 +38,10 @@ def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns:
                   tile_px: int = 256) -> Path:
     """Write a PNG grid of the first ``n`` images of a manifest with mask outlines.
 
-    Thyroid masks are outlined in yellow, nodule masks in red; each tile is captioned with its
-    case id and side. ``n`` is 1 to :data:`MAX_SHEET_IMAGES`, ``columns`` 1 to 16 and
-    ``tile_px`` 32 to 1024 (a sheet to look at, not an archive).
+    Thyroid masks are outlined in yellow, nodule masks (or the ellipse of a nodule box) in
+    red; each tile is captioned with its case id and side. ``n`` is 1 to
+    :data:`MAX_SHEET_IMAGES`, ``columns`` 1 to 16 and ``tile_px`` 32 to 1024 (a sheet to look
+    at, not an archive).
     """
     check_number("n", n, low=1, high=MAX_SHEET_IMAGES, integer=True)
     check_number("columns", columns, low=1, high=16, integer=True)
@@ -52,8 +54,10 @@ def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns:
     draw = ImageDraw.Draw(sheet)
     for index, (_, row) in enumerate(rows.iterrows()):
         image = read_grayscale(manifest.path(row, "image"))
+        nodule = read_nodule_mask(manifest.path(row, "nodule_mask"), nodule_box(row),
+                                  image.shape)
         rgb = overlay(image, [(read_mask(manifest.path(row, "thyroid_mask")), THYROID_COLOUR),
-                              (read_mask(manifest.path(row, "nodule_mask")), NODULE_COLOUR)])
+                              (nodule, NODULE_COLOUR)])
         tile = Image.fromarray(rgb).resize((tile_px, tile_px), Image.Resampling.NEAREST)
         x, y = (index % columns) * cell_w, (index // columns) * cell_h
         sheet.paste(tile, (x, y + caption_px))

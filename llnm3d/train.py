@@ -31,7 +31,6 @@ from .io import InputError, atomic_path, ensure_writable_dir, read_json, write_j
 from .manifest import Manifest, as_manifest
 from .model import CONFIGS, SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
 
-
 # Sane maxima: beyond them a value is a typo (the phantom model converges in 20 epochs).
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 4096

@@ -172,7 +172,7 @@ def test_full_disk_is_one_line(command, target, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/y")
 
     monkeypatch.setattr(target, full)
-    monkeypatch.setattr("llnm3d.manifest.read_manifest", lambda *args, **kwargs: None)
+    monkeypatch.setattr("llnm3d.cli._read_manifest", lambda *args, **kwargs: None)
     source = ["--manifest", "m.csv"] if command == "register" else ["--registered", "r"]
     line = error_line(runner.invoke(app, [command, *source, "--out", str(tmp_path)]))
     assert line == "error: cannot write /x/y: No space left on device"

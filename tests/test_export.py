@@ -160,7 +160,8 @@ def test_raising_min_cases_hides_voxels_and_lowering_it_is_refused(publishable_s
         export_field(strict, tmp_path / "d.glb", min_cases=5)
 
 
-def test_capsule_and_isosurfaces_are_closed_and_in_the_right_place(exported, publishable_stats_dir, atlas):
+def test_capsule_and_isosurfaces_are_closed_and_in_the_right_place(exported,
+                                                                   publishable_stats_dir, atlas):
     out, result = exported
     stats = load_stats(publishable_stats_dir)
     doc, accessor = read_glb(out / "capsule.glb")

@@ -91,9 +91,10 @@ def test_no_pickle_anywhere_in_the_package():
 # -- durable writes: a failed write leaves the previous file and says which disk ----------------
 
 def _short_nifti_writer(real):
-    """SimpleITK's writer on a full disk: it writes part of the file and reports nothing."""
-    def write(image, path, useCompression=True):
-        real(image, path, useCompression)
+    """A NIfTI writer on a full disk that writes part of the file and reports nothing (as
+    SimpleITK's does)."""
+    def write(image, path):
+        real(image, path)
         data = open(path, "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
     return write
@@ -107,7 +108,7 @@ def test_short_nifti_write_keeps_the_previous_map(tmp_path, monkeypatch):
     path = tmp_path / "probability.nii.gz"
     good = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     io.write_volume(path, good, np.zeros(3), 1.0)
-    monkeypatch.setattr(io.sitk, "WriteImage", _short_nifti_writer(io.sitk.WriteImage))
+    monkeypatch.setattr(io, "_write_nifti_file", _short_nifti_writer(io._write_nifti_file))
     with pytest.raises(WriteError, match="incomplete") as error:
         io.write_volume(path, np.random.default_rng(0).random((30, 40, 50)).astype(np.float32),
                         np.zeros(3), 1.0)

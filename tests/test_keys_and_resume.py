@@ -106,6 +106,15 @@ def test_nodule_keys_that_alias_fail_both_nodules_by_name(cohort, atlas, tmp_pat
     assert (result.qc["status"] != "failed").sum() == 1
 
 
+def test_rows_without_a_nodule_id_are_not_merged_into_one_nodule(cohort, atlas, tmp_path):
+    folder, table = _cohort_copy(cohort, tmp_path, nodules=2)
+    table["patient_id"] = table.loc[0, "patient_id"]
+    table["nodule_id"] = ""
+    result = register(_write(folder, table), atlas=atlas, workers=1, progress=False)
+    assert len(result.failures) == 1 and "nodule_id is empty" in result.failures[0][1]
+    assert (result.qc["status"] == "failed").all()
+
+
 # -- register: resume by content --------------------------------------------------------------
 
 def test_register_redoes_exactly_the_nodules_whose_inputs_changed(cohort, atlas, tmp_path):

@@ -252,6 +252,7 @@ def test_patches_round_trip_and_know_their_grid(registered, atlas):
 def test_cli_exit_codes_follow_the_convention(cohort, tmp_path):
     root, manifest = _copy_cohort(cohort, tmp_path)
     manifest.loc[0, "side"] = ""
+    manifest.loc[0, "report"] = ""  # a report naming the lobe would fill the side
     manifest.to_csv(root / "manifest.csv", index=False)
     runner = CliRunner()
     result = runner.invoke(app, ["register", "--manifest", str(root / "manifest.csv"),

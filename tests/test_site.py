@@ -90,8 +90,8 @@ def test_empty_map_builds_a_page_that_says_so(publishable_stats_dir, atlas, tmp_
     assert all(row[2] is None for row in data["tables"]["regions"]["rows"])
 
 
-def test_rebuild_replaces_atomically_and_refuses_foreign_folders(publishable_stats_dir, atlas, tmp_path,
-                                                                 monkeypatch):
+def test_rebuild_replaces_atomically_and_refuses_foreign_folders(publishable_stats_dir, atlas,
+                                                                 tmp_path, monkeypatch):
     out = build_site(tmp_path / "site", publishable_stats_dir, atlas=atlas, title="first")
     before = (out / "data.json").read_text()
 

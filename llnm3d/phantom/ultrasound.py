@@ -3,8 +3,8 @@
 A view is a plane through the patient's body laid out in the image conventions of
 docs/conventions.md (:class:`ViewPlane`): the probe sits on the skin at the top row, depth runs
 down the rows, transverse views show the patient's right on the image left, longitudinal views
-cranial on the image left. Each pixel is mapped to the atlas through the patient's deformation to decide what
-tissue it shows. The intensity model, in order:
+cranial on the image left. Each pixel is mapped to the atlas through the patient's deformation
+to decide what tissue it shows. The intensity model, in order:
 
 - tissue echo level: skin (bright), subcutaneous fat, strap muscles (dark, striated), thyroid
   parenchyma (bright, homogeneous), nodules by echogenicity (hyperechoic brighter than the

@@ -31,6 +31,7 @@ from PIL import Image
 from skimage.measure import regionprops
 
 from .. import __version__
+from ..annotations import BOX_NOTE, nodule_box, read_nodule_mask
 from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, part_name
 from ..checks import check_choice, check_number, check_optional_workers
 from ..io import (
@@ -48,6 +49,7 @@ from ..io import (
 )
 from ..manifest import Manifest, as_manifest
 from ..parallel import map_cases
+from ..report_location import PROVENANCE_COLUMNS
 from ..resume import Resumed, claim_folder, finished_cases
 from .fusion import NoduleRegistration, Patch, fuse_views, grid_signature, register_nodule
 from .views import VIEWS, RegistrationError, ViewImage
@@ -195,14 +197,16 @@ def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
     masks = {}
     for column in ("thyroid_mask", "nodule_mask"):
         try:
-            mask = read_mask(view[column])
+            mask = (read_mask(view[column]) if column == "thyroid_mask"
+                    else read_nodule_mask(view[column], view["nodule_box"], shape))
         except (OSError, SyntaxError) as exc:
             raise CaseError(f"{case_id}: cannot read {column} ({exc})") from None
         if mask.shape != shape:
             raise CaseError(f"{case_id}: {column} is {mask.shape[1]}x{mask.shape[0]} pixels "
                             f"but the image is {shape[1]}x{shape[0]}")
         if not mask.any():
-            raise CaseError(f"{case_id}: {column} is empty")
+            what = column if view[column] is not None else "the ellipse of its nodule box"
+            raise CaseError(f"{case_id}: {what} is empty")
         masks[column] = mask
     thyroid, nodule = masks["thyroid_mask"], masks["nodule_mask"]
     inside = (nodule & thyroid).sum() / nodule.sum()
@@ -252,7 +256,9 @@ def _register_one(job: dict) -> dict:
     out_dir = job["out_dir"]
     warnings = []
     missing_mask = [v["case_id"] for v in job["views"] if v["thyroid_mask"] is None]
-    if missing_mask or any(v["nodule_mask"] is None for v in job["views"]):
+    coarse = bool(missing_mask) or any(v["nodule_mask"] is None and v["nodule_box"] is None
+                                       for v in job["views"])
+    if coarse:
         patch, row = _coarse_location(job, atlas, settings, missing_mask)
         warnings.append(row.pop("reason"))
     else:
@@ -260,6 +266,10 @@ def _register_one(job: dict) -> dict:
         nodule = register_nodule(images, atlas, job["side"], transform=settings.transform)
         patch = fuse_views(images, nodule, atlas, job["side"], settings.min_weight)
         row = _registration_qc(images, nodule, warnings)
+        boxed = [v["case_id"] for v in job["views"] if v["nodule_mask"] is None]
+        if boxed:
+            warnings.append(f"{', '.join(boxed)}: {BOX_NOTE}")
+    warnings.extend(_report_warnings(job, coarse))
     row.update(_location_qc(patch, row, atlas, warnings))
     row.update({k: job[k] for k in ("nodule", "patient_id", "nodule_id", "side", "label",
                                     "age", "sex")})
@@ -309,6 +319,25 @@ def _registration_qc(images: dict[str, ViewImage], nodule: NoduleRegistration,
     return row
 
 
+def _report_warnings(job: dict, coarse: bool) -> list[str]:
+    """What a nodule's location owes to its report (:mod:`llnm3d.report_location`): a side
+    read from it, and a report that contradicts the manifest (whose value was kept). The lobe
+    third and front/back matter, and are reported, only for a coarse location."""
+    used = ("side", "lobe_third", "front_back") if coarse else ("side",)
+    derived = [c for c in job["location_from_report"].split(",") if c in used]
+    conflicts = [c for c in job["location_conflicts"].split(",") if c in used]
+    evidence = job["location_evidence"]
+    warnings = []
+    if derived:
+        values = ", ".join(f"{c} {job[c]}" for c in derived)
+        warnings.append(f"location from the report ({values}: {evidence!r})")
+    if conflicts:
+        values = ", ".join(f"{c} {job[c]}" for c in conflicts)
+        warnings.append(f"the report ({evidence!r}) contradicts the manifest's {values}, "
+                        "which was kept")
+    return warnings
+
+
 def _location_qc(patch: Patch, row: dict, atlas: Atlas, warnings: list[str]) -> dict:
     """Centre, region and capsule distances of the registered nodule."""
     centre = np.asarray(row.pop("centre_mm"), dtype=float)
@@ -331,13 +360,15 @@ def _location_qc(patch: Patch, row: dict, atlas: Atlas, warnings: list[str]) -> 
 
 def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[str]
                      ) -> tuple[Patch, dict]:
-    """A nodule without masks, placed by the manifest's lobe third and front/back half."""
+    """A nodule without masks, placed by its lobe third and front/back half (from the manifest
+    or its report)."""
     cases = ", ".join(missing) or ", ".join(v["case_id"] for v in job["views"])
     what = "thyroid mask" if missing else "nodule mask"
     third, depth = job.get("lobe_third", ""), job.get("front_back", "")
     if not settings.allow_coarse_location:
         raise CaseError(f"{cases}: no {what}, so the view cannot be registered (give lobe_third "
-                        "and front_back in the manifest and allow a coarse location)")
+                        "and front_back in the manifest or its report, and allow a coarse "
+                        "location)")
     thirds = {name: code for code, name in THIRD_NAMES.items()}
     if third not in thirds or depth not in _DEPTH:
         raise CaseError(f"{cases}: no {what}, and no usable coarse location (lobe_third "
@@ -359,7 +390,7 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
     row = {"views": "coarse", "rounds": 0, "converged": 1, "depth_gap_mm": 0.0,
            "pixel_spacing_assumed": 0,
            "centre_mm": centre,
-           "reason": f"no {what}: placed by the manifest's coarse location ({third} third, "
+           "reason": f"no {what}: placed by its coarse location ({third} third, "
                      f"{_DEPTH[depth]})"}
     return patch, row
 
@@ -380,6 +411,12 @@ def _nodule_problem(rows: pd.DataFrame) -> str | None:
     """Why a nodule's manifest rows cannot be registered together, or None."""
     views = rows["view"].tolist()
     sides = set(rows["side"])
+    unnamed = rows.loc[(rows["patient_id"].astype(str).str.strip() == "")
+                       | (rows["nodule_id"].astype(str).str.strip() == ""), "case_id"]
+    if len(unnamed):
+        # An empty id would group every unnamed image of a patient into one nodule.
+        return (f"patient_id or nodule_id is empty ({', '.join(unnamed)}); fill them in (an "
+                "imported DICOM cohort leaves nodule_id for you to fill)")
     if len(set(views)) < len(views):
         return (f"more than one image per view ({', '.join(rows['case_id'])}); keep one "
                 "transverse and one longitudinal image per nodule")
@@ -402,9 +439,11 @@ def _job_digest(job: dict) -> str:
     """Digest of what a nodule's patch is computed from: its manifest fields, the bytes of
     its images, masks and heatmaps, and the llnm3d version."""
     fields = {k: job[k] for k in ("patient_id", "nodule_id", "side", "label", "age", "sex",
-                                  "lobe_third", "front_back")}
+                                  "lobe_third", "front_back", *PROVENANCE_COLUMNS)}
     views = [{"case_id": v["case_id"], "view": v["view"], "spacing_mm": v["spacing_mm"],
               "flip": v["flip"],
+              # Only where a box makes the mask: other nodules' digests stay as they were.
+              **({"nodule_box": v["nodule_box"]} if v["nodule_box"] is not None else {}),
               **{column: file_digest(v[column])
                  for column in ("image", "thyroid_mask", "nodule_mask", "heatmap")}}
              for v in job["views"]]
@@ -451,6 +490,8 @@ def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | N
                "age": _number(first.get("age")), "sex": first.get("sex") or None,
                "lobe_third": str(first.get("lobe_third", "")).strip().lower(),
                "front_back": str(first.get("front_back", "")).strip().lower(),
+               **{k: first.get(k) if isinstance(first.get(k), str) else ""
+                  for k in PROVENANCE_COLUMNS},
                "out_dir": out_dir, "views": []}
         for _, row in rows.iterrows():
             job["views"].append({
@@ -458,6 +499,9 @@ def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | N
                 "image": manifest.path(row, "image"),
                 "thyroid_mask": manifest.path(row, "thyroid_mask"),
                 "nodule_mask": manifest.path(row, "nodule_mask"),
+                # A row's mask file wins over its box.
+                "nodule_box": (nodule_box(row) if manifest.path(row, "nodule_mask") is None
+                               else None),
                 "spacing_mm": _number(row.get("pixel_spacing_mm")),
                 "flip": _truthy(row.get("flip_horizontal", "")),
                 "heatmap": (heatmap_dir / "heatmaps" / f"{file_stem(row['case_id'])}.npz"
@@ -495,7 +539,8 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
     cases : path or Manifest
         The cohort manifest (columns in docs/conventions.md). Optional extra columns ``lobe_third``
         (upper/middle/lower) and ``front_back`` (front/back) place a nodule without masks
-        when ``allow_coarse_location`` is set.
+        when ``allow_coarse_location`` is set; the manifest reader fills empty ones, and an
+        empty ``side``, from the report (:mod:`llnm3d.report_location`).
     heatmaps : path, optional
         Output folder of ``llnm3d heatmap`` for this manifest. Without it, patches carry the
         fused nodule mask only.

@@ -53,17 +53,15 @@ _SUPPRESSED = ["events", "risk", "ci_low", "ci_high", "mean_model_probability"]
 
 
 def source_fingerprint() -> str:
-    """SHA-256 of the llnm3d package's source and data files and the bundled weights.
+    """SHA-256 of the llnm3d package's source and data files and the bundled weights
+    (``llnm3d/weights``).
 
     Recorded in every site's ``data.json``; a site whose fingerprint differs from the running
     code's was built by other code (the test of the published ``site/`` relies on this).
     """
-    from ..heatmap import MODEL_DIR
-
     package = Path(__file__).resolve().parents[1]
     files = [(p.relative_to(package).as_posix(), p) for p in package.rglob("*")
-             if p.is_file() and p.suffix in {".py", ".j2", ".js", ".css", ".json"}]
-    files += [(f"model/{p.name}", p) for p in Path(MODEL_DIR).glob("*") if p.is_file()]
+             if p.is_file() and p.suffix in {".py", ".j2", ".js", ".css", ".json", ".safetensors"}]
     digest = hashlib.sha256()
     for name, path in sorted(files):
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")

@@ -2,7 +2,9 @@
 
 Output folder::
 
-    <map>.nii.gz          volumes in atlas space (names and meaning in :data:`MAP_DESCRIPTIONS`)
+    <map>.nii.gz          volumes in atlas space (names and meaning in :data:`MAP_DESCRIPTIONS`;
+                          NIfTI intent, description and display range in the header)
+    <map>.json            its sidecar: name, description, units, intent, estimator, cohort
     regions.csv           risk per region (lobe x third, isthmus), whole and front/back halves
     capsule_distance.csv  risk per nodule-edge capsule-distance bin
     summary.json          inputs, parameters, seed, counts, exclusions, software versions
@@ -63,6 +65,7 @@ from .accumulate import (
 )
 from .inference import OLSDesign, fdr_bh, fwer_p_values, jeffreys_interval, proportion_chi2
 from .kernel import fit_kernel
+from .map_info import NEG_LOG10_MAPS, map_header, map_sidecar, neg_log10
 from .spatial import (
     SplineBasis,
     fit_spatial,
@@ -118,6 +121,10 @@ MAP_DESCRIPTIONS = {
     "t_p": "two-sided uncorrected p of t",
     "t_q_fdr": "Benjamini-Hochberg q of t_p",
     "t_p_fwer": "family-wise corrected p (max-|t| permutations)",
+    "chi2_log10p": "-log10 of chi2_p (higher is stronger evidence; 2 is p = 0.01)",
+    "t_log10p": "-log10 of t_p",
+    "t_log10q_fdr": "-log10 of t_q_fdr",
+    "t_log10p_fwer": "-log10 of t_p_fwer (1.3 is family-wise p = 0.05)",
 }
 
 
@@ -163,16 +170,25 @@ class Stats:
             "probability", "probability_ci_low", "probability_ci_high", "n_nodules")})
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write the volumes (NIfTI), tables (CSV) and summary.json into ``out_dir``."""
+        """Write the volumes (NIfTI, with intent, description and display range in the
+        header), one JSON sidecar per volume, the tables (CSV) and summary.json into
+        ``out_dir`` (see :mod:`llnm3d.statistics.map_info`)."""
         out_dir = ensure_writable_dir(out_dir)
         tables = {"regions": self.regions, "capsule_distance": self.capsule_distance}
+        names = list(self.volumes)
         # One set: a failed write (a full disk) keeps the previous result whole.
-        paths = ([out_dir / f"{name}.nii.gz" for name in self.volumes]
+        paths = ([out_dir / f"{name}.nii.gz" for name in names]
+                 + [out_dir / f"{name}.json" for name in names]
                  + [out_dir / f"{name}.csv" for name in tables] + [out_dir / "summary.json"])
         with atomic_paths(paths) as temporaries:
-            for tmp, volume in zip(temporaries, self.volumes.values()):
-                write_nifti(tmp, volume, self.origin_mm, self.spacing_mm)
-            for tmp, table in zip(temporaries[len(self.volumes):], tables.values()):
+            for index, (name, volume) in enumerate(self.volumes.items()):
+                header = map_header(name, self.summary)
+                write_nifti(temporaries[index], volume, self.origin_mm, self.spacing_mm, header)
+                sidecar = map_sidecar(name, volume, header, self.summary,
+                                      MAP_DESCRIPTIONS.get(name, ""))
+                temporaries[len(names) + index].write_text(to_json(sidecar, indent=2) + "\n",
+                                                           encoding="utf-8")
+            for tmp, table in zip(temporaries[2 * len(names):], tables.values()):
                 table.to_csv(tmp, index=False)
             temporaries[-1].write_text(to_json(self.summary, indent=2) + "\n", encoding="utf-8")
         return out_dir
@@ -493,14 +509,18 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
         test_covariates.append("extent")
         notes.append("the t-test of heatmap weights is adjusted for footprint extent "
                      "(log voxels), the lesion-volume correction")
-    notes += _test_maps(volumes, state, included, domain, tested, footprints, test_covariates,
-                        permutations, seed, device, out_dir, atlas, progress)
+    test_notes, t_dof = _test_maps(volumes, state, included, domain, tested, footprints,
+                                   test_covariates, permutations, seed, device, out_dir, atlas,
+                                   progress)
+    notes += test_notes
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
                   region_table(included, atlas), capsule_distance_table(included, bins_mm))
     stats.summary = _summary(stats, params, included, excluded, state, tested, notes, sources,
                              bins_mm)
     stats.summary["estimator"] = record
     stats.summary["footprint_extent"] = extent
+    # The t map's Student-t degrees of freedom (its NIfTI intent parameter); None untested.
+    stats.summary["t_degrees_of_freedom"] = t_dof
     return stats
 
 
@@ -715,8 +735,10 @@ def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray
 
 
 def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
-               permutations, seed, device, out_dir, atlas, progress) -> list[str]:
-    """Add the chi-square and OLS maps; return notes on what could not be tested."""
+               permutations, seed, device, out_dir, atlas,
+               progress) -> tuple[list[str], int | None]:
+    """Add the chi-square and OLS maps, each p map followed by its -log10 map; return notes
+    on what could not be tested and the t-test's degrees of freedom (None if untested)."""
     shape = atlas.labels.shape
     y = included["label"].to_numpy(float)
     names = ("chi2", "chi2_p", "t", "t_p", "t_q_fdr", "t_p_fwer")
@@ -726,9 +748,10 @@ def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
     if not len(tested):
         notes.append("no voxel reaches min-cases: no association test")
     if notes:
+        untested = [*names, *(NEG_LOG10_MAPS[name] for name in names if name in NEG_LOG10_MAPS)]
         volumes.update({name: _to_volume(np.full(len(domain), np.nan), domain, shape)
-                        for name in names})
-        return notes
+                        for name in untested})
+        return notes, None
     n_touch, events_touch = state.sums["n"][tested], state.sums["events"][tested]
     chi2, chi2_p = proportion_chi2(n_touch, events_touch, len(y), int(y.sum()))
     design = OLSDesign(footprints[tested], y, _covariate_matrix(included, covariates))
@@ -737,10 +760,14 @@ def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
     maxima = _permutations(design, permutations, seed, device, out_dir, progress)
     fwer = fwer_p_values(t, maxima) if len(maxima) else np.full(len(t), np.nan)
     for name, values in zip(names, (chi2, chi2_p, t, p, fdr_bh(p), fwer)):
-        full = np.full(len(domain), np.nan)
-        full[tested] = values
-        volumes[name] = _to_volume(full, domain, shape)
-    return notes
+        # -log10 from the double-precision p: single precision would round tiny p to 0.
+        maps = {name: values} | ({NEG_LOG10_MAPS[name]: neg_log10(values)}
+                                 if name in NEG_LOG10_MAPS else {})
+        for map_name, map_values in maps.items():
+            full = np.full(len(domain), np.nan)
+            full[tested] = map_values
+            volumes[map_name] = _to_volume(full, domain, shape)
+    return notes, int(design.dof)
 
 
 def _permutations(design, permutations, seed, device, out_dir, progress) -> np.ndarray:
