@@ -128,3 +128,17 @@ def test_points_only_site_and_cli(tmp_path, publishable_stats_dir):
     result = CliRunner().invoke(app, ["build-site", "--stats", str(tmp_path), "--out",
                                       str(tmp_path / "x")])
     assert result.exit_code == 2 and "no summary.json" in result.output
+
+
+def test_a_cohort_too_small_for_any_voxel_builds_a_site_that_says_so(registered, atlas,
+                                                                      tmp_path):
+    from llnm3d import aggregate
+
+    stats = aggregate(registered, atlas=atlas, out_dir=tmp_path / "stats", min_cases=1000,
+                      permutations=0, progress=False, workers=1)
+    assert stats.summary["estimator"]["name"] == "weighted"
+    assert any("spatial estimator is not fitted" in n for n in stats.summary["notes"])
+    out = build_site(tmp_path / "site", tmp_path / "stats", atlas=atlas)
+    data = json.loads((out / "data.json").read_text())
+    assert data["estimator"].startswith("weighted proportion") and data["points"] == 0
+    assert any("not fitted" in note for note in data["notes"])

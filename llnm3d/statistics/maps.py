@@ -490,7 +490,11 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
         notes.append(f"every included nodule has outcome {int(included['label'].iloc[0])}: the "
                      f"{estimator} estimator needs both; the weighted map is shown")
         record["name"] = "weighted"
-    elif estimator != "weighted" and len(tested):
+    elif estimator != "weighted" and not len(tested):
+        notes.append(f"no voxel reaches min-cases {min_cases}: the {estimator} estimator is not "
+                     "fitted")
+        record["name"] = "weighted"
+    elif estimator != "weighted":
         try:
             fitted, fit_record = estimate_risk(estimator, footprints, included, atlas, domain,
                                                tested, state.sums["n"] > 0, covariates)
