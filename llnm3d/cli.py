@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 some cases failed (the rest completed), 2 usage or inpu
 from __future__ import annotations
 
 import contextlib
-import errno
 import sys
 from pathlib import Path
 from typing import Annotated, Iterator, NoReturn, Optional
@@ -34,8 +33,6 @@ AtlasOption = Annotated[Optional[Path], typer.Option(
     "--atlas", help="Atlas folder (from `llnm3d atlas`); default: the bundled atlas.")]
 
 
-# errno values of an output that cannot be written, named so in the one-line message.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def _printable(text: object) -> str:
@@ -59,9 +56,11 @@ def _fail(message: str) -> NoReturn:
 def _os_error_text(exc: OSError) -> str:
     """An OSError as ``cannot write FILE: reason`` (or ``FILE: reason``)."""
     reason = exc.strerror or str(exc)
+    from .io import DISK_ERRNOS
+
     if exc.filename is None:
         return reason
-    verb = "cannot write " if exc.errno in _WRITE_ERRNOS else ""
+    verb = "cannot write " if exc.errno in DISK_ERRNOS else ""
     return f"{verb}{exc.filename}: {reason}"
 
 

@@ -33,6 +33,7 @@ from .io import (
     file_digest,
     file_stem,
     is_temporary,
+    json_document,
     read_json,
     remove_temporaries,
     write_json,
@@ -559,10 +560,9 @@ def _load_key(path: Path) -> dict:
 
 
 def _write_key(path: Path, key: dict) -> None:
-    from .io import to_json
 
     with atomic_path(path, mode=0o600) as tmp:
-        tmp.write_text(to_json(key, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json_document(key), encoding="utf-8")
 
 
 def _check_parameters(out_dir: Path, parameters: dict) -> None:

@@ -93,9 +93,10 @@ class WriteError(InputError):
     system): the previous file, if any, is left as it was."""
 
 
+# errno values of a full or read-only disk: "cannot write", whatever the operation was.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # errno values that mean "this output cannot be written here", as opposed to a bug.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES,
-                 errno.EPERM}
+_WRITE_ERRNOS = DISK_ERRNOS | {errno.EIO, errno.EACCES, errno.EPERM}
 TEMPORARY_MARK = ".tmp"
 
 
@@ -275,7 +276,13 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON atomically."""
-    write_text(path, to_json(data, indent=2) + "\n")
+    write_text(path, json_document(data))
+
+
+def json_document(data: Any) -> str:
+    """The text of a JSON file llnm3d writes: ``data`` indented, ending in a newline (for a
+    path from :func:`atomic_path` or :func:`atomic_paths`)."""
+    return to_json(data, indent=2) + "\n"
 
 
 def to_json(data: Any, indent: int | None = None) -> str:

@@ -43,10 +43,10 @@ from ..io import (
     ensure_writable_dir,
     file_digest,
     file_stem,
+    json_document,
     read_json,
     read_volume,
     remove_temporaries,
-    to_json,
     write_json,
     write_nifti,
 )
@@ -186,11 +186,11 @@ class Stats:
                 write_nifti(temporaries[index], volume, self.origin_mm, self.spacing_mm, header)
                 sidecar = map_sidecar(name, volume, header, self.summary,
                                       MAP_DESCRIPTIONS.get(name, ""))
-                temporaries[len(names) + index].write_text(to_json(sidecar, indent=2) + "\n",
+                temporaries[len(names) + index].write_text(json_document(sidecar),
                                                            encoding="utf-8")
             for tmp, table in zip(temporaries[2 * len(names):], tables.values()):
                 table.to_csv(tmp, index=False)
-            temporaries[-1].write_text(to_json(self.summary, indent=2) + "\n", encoding="utf-8")
+            temporaries[-1].write_text(json_document(self.summary), encoding="utf-8")
         return out_dir
 
 
