@@ -396,6 +396,17 @@ def aggregate(
         help="Dask scheduler address, or 'local'; the result does not depend on it.")] = None,
     device: Annotated[Optional[str], typer.Option(
         help="torch device of the permutations (default: cuda if available).")] = None,
+    tfce: Annotated[bool, typer.Option(
+        help="Threshold-free cluster enhancement of the t-map, family-wise p by the same "
+             "permutations.")] = True,
+    cluster_p: Annotated[float, typer.Option(
+        help="Cluster-forming threshold (two-sided p of t) of the cluster-mass test; 0 for "
+             "none.")] = 0.001,
+    connectivity: Annotated[int, typer.Option(
+        help="Voxel neighbourhood of TFCE and clusters: 6 (faces) or 26.")] = 6,
+    adjust_extent: Annotated[bool, typer.Option(
+        help="Adjust the t-test for footprint extent (log voxels), the lesion-volume "
+             "correction.")] = True,
 ) -> None:
     """Voxelwise LLNM probability maps, tests and region/capsule-distance tables (resumable)."""
     from .statistics import aggregate as aggregate_stats
@@ -406,7 +417,8 @@ def aggregate(
                                 estimator=estimator, weight=weight, min_cases=min_cases,
                                 permutations=permutations, covariates=names, seed=seed,
                                 update=update, workers=workers, scheduler=scheduler,
-                                device=device)
+                                device=device, tfce=tfce, cluster_p=cluster_p or None,
+                                connectivity=connectivity, adjust_extent=adjust_extent)
     summary = stats.summary
     excluded = {k: v for k, v in summary["excluded"].items() if v}
     _say(f"{summary['nodules']} nodules ({summary['events']} with LLNM), "

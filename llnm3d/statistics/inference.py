@@ -3,21 +3,28 @@
 OLS t-test, as nilearn's ``permuted_ols(tested_vars=y, target_vars=X, confounding_vars=Z)``:
 at each voxel the nodules' weights ``x`` (the target) are regressed on the outcome ``y`` (the
 tested variate) with an intercept and the covariates ``Z``. With ``Zo`` an orthonormal basis of
-``[Z, 1]`` (k columns), ``q`` the residual of ``y`` on ``Zo`` scaled to unit norm and ``x_r``
-the residual of ``x``, the partial correlation is ``r = x . q / |x_r|`` and
+``[1, Z]`` (k columns, the first constant), ``q`` the residual of ``y`` on ``Zo`` scaled to unit
+norm and ``x_r`` the residual of ``x``, the partial correlation is ``r = x_r . q / |x_r|`` and
 ``t = r * sqrt((n - k - 1) / (1 - r^2))``.
 
-Family-wise error by the max-statistic permutation method: ``q`` is permuted (Freedman-Lane:
-the residuals of the reduced model are permuted; without covariates this is permuting ``y``),
-``t`` recomputed at every voxel, and the maximum ``|t|`` over voxels of each permutation forms
-the null distribution; a voxel's corrected p is the share of permutations whose maximum reaches
-its ``|t|`` (counting the observed data as one permutation). Since a permuted ``q`` is no longer
-orthogonal to ``Zo``, ``x_r . q = x . q - (x . Zo)(Zo . q)``.
+Family-wise error by the max-statistic permutation method, Freedman-Lane with covariates (the
+scheme of nilearn's ``permuted_ols``, which permutes ``q`` and ``Zo`` together): for a
+permutation ``P``, ``x_r`` is regressed on ``[P Zo, P q]`` (orthonormal columns), giving
+``b = x_r . P q / |x_r|``, ``a2 = sum_j (x_r . P z_j / |x_r|)^2`` and
+``t = b * sqrt((n - k - 1) / (1 - a2 - b^2))``; this equals regressing the permuted reduced-model
+residuals ``P^T x_r`` on ``[q, Zo]``, Freedman and Lane's statistic. The constant column adds
+nothing (``x_r`` sums to 0), so without covariates this is permuting ``y``. The maximum ``|t|``
+over voxels of each permutation forms the null distribution, as do the maxima of the cluster
+statistics of the permuted t-maps (:mod:`.clusters`: TFCE, cluster mass); a voxel's corrected
+p is the share of permutations whose maximum reaches its value, counting the observed data as
+one permutation. Since ``P q`` and ``P z_j`` are no longer orthogonal to ``Zo``,
+``x_r . v = x . v - (x . Zo)(Zo . v)``.
 
 The work is one product per block of permutations: the sparse (voxels x nodules) weight matrix
-times a dense (nodules x permutations) block, done by torch on the GPU when there is one (CPU
-otherwise), in single precision; a sparse matrix becomes dense when that is faster and fits
-the memory budget.
+times a dense (nodules x permutations x (1 + covariates)) block, done by torch on the GPU when
+there is one (CPU otherwise), in single precision; a sparse matrix becomes dense when that is
+faster and fits the memory budget. Cluster statistics of a block run on the CPU (compiled,
+one permutation per core).
 Permutation blocks draw from their own seeded streams, so the null does not depend on the
 device or the block order.
 """
@@ -31,6 +38,8 @@ import scipy.sparse as sp
 import torch
 from scipy import stats
 from tqdm.auto import tqdm
+
+from .clusters import ClusterStatistics
 
 PERMUTATION_BLOCK = 250
 # Permutations run in single precision (twice the speed, half the memory); the maxima then
@@ -85,10 +94,11 @@ def fdr_bh(p: np.ndarray) -> np.ndarray:
 
 
 def orthonormal_confounds(confounds: np.ndarray | None, n: int) -> np.ndarray:
-    """Orthonormal basis (n, k) of the confounds plus an intercept."""
+    """Orthonormal basis (n, k) of an intercept plus the confounds; its first column is
+    constant."""
     columns = [np.ones((n, 1))]
     if confounds is not None and confounds.size:
-        columns.insert(0, np.asarray(confounds, float).reshape(n, -1))
+        columns.append(np.asarray(confounds, float).reshape(n, -1))
     q, r = np.linalg.qr(np.hstack(columns))
     keep = np.abs(np.diag(r)) > 1e-10 * np.abs(r).max()
     return q[:, keep]
@@ -140,51 +150,57 @@ class OLSDesign:
         return 2 * stats.t.sf(np.abs(t), self.dof)
 
     def permutation_maxima(self, n_perm: int, seed: int, device: str | None = None,
-                           progress: bool = False, done: dict[int, np.ndarray] | None = None,
-                           on_block=None) -> np.ndarray:
-        """Max |t| over voxels of ``n_perm`` permutations, shape (n_perm,).
+                           progress: bool = False, done: dict[int, dict] | None = None,
+                           on_block=None, clusters: ClusterStatistics | None = None
+                           ) -> dict[str, np.ndarray]:
+        """Maxima over voxels of ``n_perm`` permutations.
 
         Blocks of :data:`PERMUTATION_BLOCK` permutations use their own seeded streams, so
         block ``b`` is the same whatever ran before it; ``done`` maps block indices already
         computed to their maxima (a resumed run), and ``on_block(b, maxima)`` is called
         after each new block (to save it).
+
+        Returns
+        -------
+        dict of str -> ndarray, shape (n_perm,)
+            ``"t"``: max ``|t|``; with ``clusters``, also its statistics' maxima
+            (:meth:`ClusterStatistics.maxima`). Empty arrays when untestable.
         """
+        names = ("t", *(clusters.names if clusters is not None else ()))
         if not self.testable or n_perm == 0:
-            return np.zeros(0)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            return {name: np.zeros(0) for name in names}
         n_blocks = -(-n_perm // PERMUTATION_BLOCK)
         streams = np.random.SeedSequence(seed).spawn(n_blocks)
         done = dict(done or {})
-        matrix = self._device_matrix(device)
-        valid = torch.as_tensor(self.valid, device=device)
-        norm = torch.as_tensor(np.where(self.valid, self.residual_norm, 1.0), dtype=DTYPE,
-                               device=device)
-        weights_basis = torch.as_tensor(self.weights_basis, dtype=DTYPE, device=device)
-        basis = torch.as_tensor(self.basis, dtype=DTYPE, device=device)
+        kernel = _PermutationKernel(self, device)
         for block in tqdm(range(n_blocks), desc="permutations", unit="block",
                           disable=not progress):
-            if block in done:
+            if block in done and all(name in done[block] for name in names):
                 continue
             size = min(PERMUTATION_BLOCK, n_perm - block * PERMUTATION_BLOCK)
             rng = np.random.default_rng(streams[block])
-            order = np.stack([rng.permutation(len(self.q)) for _ in range(size)], axis=1)
-            permuted = torch.as_tensor(self.q[order], dtype=DTYPE, device=device)
-            projection = matrix @ permuted - weights_basis @ (basis.T @ permuted)
-            r = projection / norm[:, None]
-            t = r * torch.sqrt(self.dof / torch.clamp(1.0 - r**2, min=1e-15))
-            t = torch.where(valid[:, None], t.abs(), torch.zeros((), dtype=t.dtype,
-                                                                  device=device))
-            done[block] = t.max(dim=0).values.cpu().numpy()
+            orders = np.stack([rng.permutation(len(self.q)) for _ in range(size)], axis=1)
+            done[block] = kernel.maxima(orders, clusters)
             if on_block is not None:
                 on_block(block, done[block])
-        return np.concatenate([done[b] for b in range(n_blocks)])
+        return {name: np.concatenate([done[b][name] for b in range(n_blocks)])
+                for name in names}
+
+    def permuted_t(self, orders: np.ndarray, device: str | None = None) -> np.ndarray:
+        """t-maps of given permutations, shape (n_voxels, p), single precision (0 where
+        untestable).
+
+        ``orders[:, j]`` is permutation j of the nodules: row ``i`` of the permuted design
+        is row ``orders[i, j]`` of the original (as ``tested_vars[order]`` in nilearn).
+        """
+        return _PermutationKernel(self, device).t(orders).cpu().numpy()
 
     def _device_matrix(self, device: str) -> torch.Tensor:
         weights = self.weights
         density = weights.nnz / max(1, weights.shape[0] * weights.shape[1])
         if density > DENSE_ABOVE_DENSITY and weights.shape[0] * weights.shape[1] * 4 <= (
                 DENSE_BUDGET_BYTES):
-            return torch.as_tensor(weights.astype(np.float32).toarray(), device=device)
+            return torch.as_tensor(weights.toarray(), dtype=DTYPE, device=device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             return torch.sparse_csr_tensor(
@@ -192,6 +208,46 @@ class OLSDesign:
                 torch.as_tensor(weights.indices, dtype=torch.int64),
                 torch.as_tensor(weights.data, dtype=DTYPE), size=weights.shape,
                 check_invariants=True).to(device)
+
+
+class _PermutationKernel:
+    """An OLS design's arrays on a torch device, and the t-maps and maxima of permutation
+    blocks (see the module docstring for the statistic)."""
+
+    def __init__(self, design: OLSDesign, device: str | None):
+        self.design = design
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.matrix = design._device_matrix(self.device)
+        self.valid = torch.as_tensor(design.valid, device=self.device)
+        self.norm = torch.as_tensor(np.where(design.valid, design.residual_norm, 1.0),
+                                    dtype=DTYPE, device=self.device)
+        self.weights_basis = torch.as_tensor(design.weights_basis, dtype=DTYPE,
+                                             device=self.device)
+        self.basis = torch.as_tensor(design.basis, dtype=DTYPE, device=self.device)
+        # The permuted columns: q, then the confounds but the constant first one (x_r sums
+        # to 0 against a constant, permuted or not).
+        self.columns = np.column_stack([design.q, design.basis[:, 1:]])
+
+    def t(self, orders: np.ndarray) -> torch.Tensor:
+        size = orders.shape[1]
+        # (nodules, permutations x columns): all columns of permutation 0, then of 1, ...
+        permuted = torch.as_tensor(self.columns[orders].reshape(len(orders), -1), dtype=DTYPE,
+                                   device=self.device)
+        projection = self.matrix @ permuted - self.weights_basis @ (self.basis.T @ permuted)
+        projection = (projection / self.norm[:, None]).reshape(len(self.norm), size, -1)
+        b = projection[:, :, 0]
+        a2 = (projection[:, :, 1:] ** 2).sum(dim=2)
+        t = b * torch.sqrt(self.design.dof / torch.clamp(1.0 - a2 - b**2, min=1e-15))
+        return torch.where(self.valid[:, None], t, torch.zeros((), dtype=t.dtype,
+                                                             device=self.device))
+
+    def maxima(self, orders: np.ndarray, clusters: ClusterStatistics | None
+               ) -> dict[str, np.ndarray]:
+        t = self.t(orders)
+        out = {"t": t.abs().max(dim=0).values.cpu().numpy().astype(np.float64)}
+        if clusters is not None:
+            out |= clusters.maxima(t.T.contiguous().cpu().numpy())
+        return out
 
 
 def fwer_p_values(t: np.ndarray, maxima: np.ndarray) -> np.ndarray:

@@ -18,7 +18,8 @@ from ..nifti import NiftiHeader, display_range
 
 # p map -> its -log10 map.
 NEG_LOG10_MAPS = {"chi2_p": "chi2_log10p", "t_p": "t_log10p", "t_q_fdr": "t_log10q_fdr",
-                  "t_p_fwer": "t_log10p_fwer"}
+                  "t_p_fwer": "t_log10p_fwer", "tfce_p_fwer": "tfce_log10p_fwer",
+                  "cluster_mass_p_fwer": "cluster_mass_log10p_fwer"}
 # The largest -log10 p written: p is floored at the smallest normal double (p = 0 from an
 # underflowing tail would give infinity).
 _SMALLEST_P = np.finfo(np.float64).tiny
@@ -51,6 +52,11 @@ MAP_KINDS = {
     "t_p": ("p", "p (0-1)"),
     "t_q_fdr": ("p", "q (0-1)"),
     "t_p_fwer": ("p", "p (0-1)"),
+    "tfce": ("estimate", "TFCE score (sum over thresholds h of cluster voxels^0.5 * h^2)"),
+    "tfce_p_fwer": ("p", "p (0-1)"),
+    "cluster_mass": ("estimate", "cluster mass (sum of |t| above the cluster-forming "
+                                 "threshold)"),
+    "cluster_mass_p_fwer": ("p", "p (0-1)"),
 } | {name: ("neglog10p", "-log10(p)") for name in NEG_LOG10_MAPS.values()}
 
 

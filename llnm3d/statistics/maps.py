@@ -7,9 +7,10 @@ Output folder::
     <map>.json            its sidecar: name, description, units, intent, estimator, cohort
     regions.csv           risk per region (lobe x third, isthmus), whole and front/back halves
     capsule_distance.csv  risk per nodule-edge capsule-distance bin
+    clusters.csv          clusters of the cluster-mass test (:mod:`.voxelwise`)
     summary.json          inputs, parameters, seed, counts, exclusions, software versions
     accumulators.npz      the voxelwise sums (resume, ``--update``)
-    permutations/         max-statistic blocks (resume)
+    permutations/         maxima of permutation blocks, one array per statistic (resume)
 
 Probability at a voxel: with weights ``w`` (heatmap or nodule occupancy) of the nodules touching
 it, the weighted proportion ``sum(w y) / sum(w)`` on Kish's effective number of nodules
@@ -33,7 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
-from ..atlas import Atlas, as_atlas
+from ..atlas import REGION_NAMES, Atlas, as_atlas
 from ..checks import check_choice, check_number, check_optional_workers, check_seed
 from ..io import (
     InputError,
@@ -63,7 +64,7 @@ from .accumulate import (
     domain_lookup,
     patch_weights,
 )
-from .inference import OLSDesign, fdr_bh, fwer_p_values, jeffreys_interval, proportion_chi2
+from .inference import jeffreys_interval
 from .kernel import fit_kernel
 from .map_info import NEG_LOG10_MAPS, map_header, map_sidecar, neg_log10
 from .spatial import (
@@ -74,6 +75,15 @@ from .spatial import (
     simultaneous_critical,
 )
 from .tables import DEFAULT_BINS_MM, capsule_distance_table, check_bin_edges, region_table
+from .voxelwise import (
+    CLUSTER_COLUMNS,
+    DEFAULT_CLUSTER_P,
+    TestSettings,
+    check_test_settings,
+    cluster_table,
+    test_names,
+    voxelwise_tests,
+)
 
 FORMAT = "llnm3d-stats/1"
 BLOCK_SIZE = 256
@@ -121,10 +131,18 @@ MAP_DESCRIPTIONS = {
     "t_p": "two-sided uncorrected p of t",
     "t_q_fdr": "Benjamini-Hochberg q of t_p",
     "t_p_fwer": "family-wise corrected p (max-|t| permutations)",
+    "tfce": "threshold-free cluster enhancement of t (E = 0.5, H = 2, 100 steps; signed like t)",
+    "tfce_p_fwer": "family-wise corrected p of TFCE (max-|TFCE| permutations)",
+    "cluster_mass": "mass (sum of |t| above the cluster-forming threshold) of the voxel's "
+                    "cluster, signed like t; 0 outside clusters",
+    "cluster_mass_p_fwer": "family-wise corrected p of the voxel's cluster (max-mass "
+                           "permutations); NaN outside clusters",
     "chi2_log10p": "-log10 of chi2_p (higher is stronger evidence; 2 is p = 0.01)",
     "t_log10p": "-log10 of t_p",
     "t_log10q_fdr": "-log10 of t_q_fdr",
     "t_log10p_fwer": "-log10 of t_p_fwer (1.3 is family-wise p = 0.05)",
+    "tfce_log10p_fwer": "-log10 of tfce_p_fwer",
+    "cluster_mass_log10p_fwer": "-log10 of cluster_mass_p_fwer",
 }
 
 
@@ -140,6 +158,8 @@ class Stats:
     spacing_mm : float
     regions, capsule_distance : pandas.DataFrame
     summary : dict
+    tables : dict of str -> pandas.DataFrame
+        Further tables, saved as ``<name>.csv``: ``clusters`` (:mod:`.voxelwise`).
     resumed : Resumed
         What a run into an existing folder reused (``reused`` nodules) and redid
         (``changed``: nodules whose inputs changed since, so everything was accumulated again).
@@ -151,6 +171,7 @@ class Stats:
     regions: pd.DataFrame
     capsule_distance: pd.DataFrame
     summary: dict = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     resumed: Resumed = field(default_factory=Resumed, repr=False)
 
     def value_at(self, name: str, points_mm: np.ndarray) -> np.ndarray:
@@ -174,7 +195,8 @@ class Stats:
         header), one JSON sidecar per volume, the tables (CSV) and summary.json into
         ``out_dir`` (see :mod:`llnm3d.statistics.map_info`)."""
         out_dir = ensure_writable_dir(out_dir)
-        tables = {"regions": self.regions, "capsule_distance": self.capsule_distance}
+        tables = {"regions": self.regions, "capsule_distance": self.capsule_distance,
+                  **self.tables}
         names = list(self.volumes)
         # One set: a failed write (a full disk) keeps the previous result whole.
         paths = ([out_dir / f"{name}.nii.gz" for name in names]
@@ -210,13 +232,13 @@ def load_stats(stats_dir: str | Path) -> Stats:
             raise InputError(f"{stats_dir}: map {name}.nii.gz is missing")
         volumes[name], origin, spacing = read_volume(path)
     tables = {}
-    for name in ("regions", "capsule_distance"):
+    for name in ("regions", "capsule_distance", *summary.get("tables", [])):
         path = stats_dir / f"{name}.csv"
         if not path.is_file():
             raise InputError(f"{stats_dir}: {name}.csv is missing")
         tables[name] = pd.read_csv(path)
-    return Stats(volumes, np.asarray(origin), float(spacing), tables["regions"],
-                 tables["capsule_distance"], summary)
+    return Stats(volumes, np.asarray(origin), float(spacing), tables.pop("regions"),
+                 tables.pop("capsule_distance"), summary, tables)
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -328,7 +350,9 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
               covariates: list[str] | tuple[str, ...] = (), seed: int = 0,
               prior_strength: float = 2.0, bins_mm=DEFAULT_BINS_MM, update: bool = False,
               workers: int | None = None, scheduler: str | None = None,
-              device: str | None = None, progress: bool = True) -> Stats:
+              device: str | None = None, progress: bool = True, *, tfce: bool = True,
+              cluster_p: float | None = DEFAULT_CLUSTER_P, connectivity: int = 6,
+              adjust_extent: bool = True) -> Stats:
     """Voxelwise LLNM statistics of registered nodules.
 
     Parameters
@@ -375,9 +399,22 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
         least 1); the result does not depend on them.
     device : str, optional
         torch device of the permutations (default: CUDA when available).
+    tfce : bool
+        Add threshold-free cluster enhancement of the t-map with family-wise p.
+    cluster_p : float or None
+        Cluster-forming threshold (two-sided parametric p of t) of the cluster-mass test; None
+        for none. 0.001 by default, as SPM and FSL users set it.
+    connectivity : {6, 26}
+        Voxel neighbourhood of TFCE and clusters.
+    adjust_extent : bool
+        Adjust the t-test for footprint extent (log voxels of each nodule's footprint), the
+        lesion-volume correction, even when ``covariates`` leaves it out: footprints that
+        spread further with one outcome than the other make "effects" of spread alone.
     """
+    tests = TestSettings(permutations, seed, tfce, cluster_p, connectivity, device)
     _check_parameters(estimator, weight, min_cases, permutations, covariates, seed,
                       prior_strength, bins_mm, workers)
+    check_test_settings(tests)
     if update and out_dir is None:
         raise InputError("--update needs the output folder of an earlier aggregate")
     covariates = list(covariates)
@@ -389,7 +426,8 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     params = {"estimator": estimator, "weight": weight, "atlas": grid_signature(atlas),
               "min_cases": min_cases,
               "permutations": permutations, "covariates": covariates, "seed": seed,
-              "prior_strength": prior_strength}
+              "prior_strength": prior_strength, "tfce": tfce, "cluster_p": cluster_p,
+              "connectivity": connectivity, "adjust_extent": adjust_extent}
     domain = analysis_domain(atlas)
     lookup = domain_lookup(atlas, domain)
     digests = nodule_digests(nodules)
@@ -410,8 +448,8 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
         if out_dir is not None and permutations:
             _claim_permutations(out_dir / "permutations", state, digests)
         stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
-                            estimator, weight, covariates, min_cases, permutations, seed,
-                            prior_strength, bins_mm, device, out_dir, progress, workers, session)
+                            estimator, weight, covariates, min_cases, tests, adjust_extent,
+                            prior_strength, bins_mm, out_dir, progress, workers, session)
     stats.resumed = resumed
     if out_dir is not None:
         stats.save(out_dir)
@@ -444,7 +482,7 @@ def _claim_permutations(folder: Path, state: Accumulator, digests: dict[str, str
     except InputError:
         same = False
     if not same:
-        for path in folder.glob("block-*.npy"):
+        for path in folder.glob("block-*.np[yz]"):  # .npy: max |t| only (llnm3d 0.1)
             path.unlink()
         write_json(record, {"data": key})
 
@@ -467,8 +505,8 @@ def _check_parameters(estimator, weight, min_cases, permutations, covariates, se
 
 
 def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources, estimator,
-                weight, covariates, min_cases, permutations, seed, prior_strength, bins_mm,
-                device, out_dir, progress, workers, scheduler) -> Stats:
+                weight, covariates, min_cases, tests, adjust_extent, prior_strength, bins_mm,
+                out_dir, progress, workers, scheduler) -> Stats:
     """Maps, tests and tables of an accumulated state."""
     excluded["empty patch"] = int(nodules["nodule"].isin(state.empty_nodules).sum())
     included = nodules.set_index("nodule").loc[state.nodules].reset_index()
@@ -507,24 +545,25 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
             volumes[name] = _to_volume(np.where(shown, values, np.nan), domain,
                                        atlas.labels.shape)
     test_covariates = list(covariates)
-    if weight == "heatmap" and "extent" not in test_covariates:
-        # Heatmap extent tracks the outcome (see footprint_extent): without the lesion-volume
-        # covariate the t-test of heatmap weights finds "effects" that are only spread.
+    if adjust_extent and "extent" not in test_covariates:
+        # Footprint extent can track the outcome (see footprint_extent): without the
+        # lesion-volume covariate the t-test finds "effects" that are only spread.
         test_covariates.append("extent")
-        notes.append("the t-test of heatmap weights is adjusted for footprint extent "
-                     "(log voxels), the lesion-volume correction")
-    test_notes, t_dof = _test_maps(volumes, state, included, domain, tested, footprints,
-                                   test_covariates, permutations, seed, device, out_dir, atlas,
-                                   progress)
+    test_notes, t_dof, clusters = _test_maps(volumes, state, included, domain, tested,
+                                             footprints, test_covariates, tests, out_dir,
+                                             atlas, progress)
     notes += test_notes
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
-                  region_table(included, atlas), capsule_distance_table(included, bins_mm))
+                  region_table(included, atlas), capsule_distance_table(included, bins_mm),
+                  tables={"clusters": clusters})
     stats.summary = _summary(stats, params, included, excluded, state, tested, notes, sources,
                              bins_mm)
     stats.summary["estimator"] = record
     stats.summary["footprint_extent"] = extent
     # The t map's Student-t degrees of freedom (its NIfTI intent parameter); None untested.
     stats.summary["t_degrees_of_freedom"] = t_dof
+    stats.summary["tests"] = {**tests.record(t_dof), "covariates": test_covariates}
+    stats.summary["tables"] = list(stats.tables)
     return stats
 
 
@@ -739,56 +778,44 @@ def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray
 
 
 def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
-               permutations, seed, device, out_dir, atlas,
-               progress) -> tuple[list[str], int | None]:
-    """Add the chi-square and OLS maps, each p map followed by its -log10 map; return notes
-    on what could not be tested and the t-test's degrees of freedom (None if untested)."""
+               tests: TestSettings, out_dir, atlas,
+               progress) -> tuple[list[str], int | None, pd.DataFrame]:
+    """Add the test maps (:mod:`.voxelwise`), each p map followed by its -log10 map; return
+    notes on what could not be tested, the t-test's degrees of freedom (None if untested) and
+    the clusters table."""
     shape = atlas.labels.shape
     y = included["label"].to_numpy(float)
-    names = ("chi2", "chi2_p", "t", "t_p", "t_q_fdr", "t_p_fwer")
+    names = test_names(tests)
     notes = []
     if y.min() == y.max():
         notes.append(f"every included nodule has outcome {int(y[0])}: no association test")
     if not len(tested):
         notes.append("no voxel reaches min-cases: no association test")
+    untested = [*names, *(NEG_LOG10_MAPS[name] for name in names if name in NEG_LOG10_MAPS)]
     if notes:
-        untested = [*names, *(NEG_LOG10_MAPS[name] for name in names if name in NEG_LOG10_MAPS)]
         volumes.update({name: _to_volume(np.full(len(domain), np.nan), domain, shape)
                         for name in untested})
-        return notes, None
-    n_touch, events_touch = state.sums["n"][tested], state.sums["events"][tested]
-    chi2, chi2_p = proportion_chi2(n_touch, events_touch, len(y), int(y.sum()))
-    design = OLSDesign(footprints[tested], y, _covariate_matrix(included, covariates))
-    t = design.t_scores()
-    p = design.p_values(t)
-    maxima = _permutations(design, permutations, seed, device, out_dir, progress)
-    fwer = fwer_p_values(t, maxima) if len(maxima) else np.full(len(t), np.nan)
-    for name, values in zip(names, (chi2, chi2_p, t, p, fdr_bh(p), fwer)):
+        return notes, None, pd.DataFrame(columns=CLUSTER_COLUMNS)
+    k, j, i = np.unravel_index(domain[tested], shape)
+    ijk = np.stack([i, j, k], axis=1)
+    maps, dof, cluster = voxelwise_tests(
+        footprints[tested], y, _covariate_matrix(included, covariates),
+        state.sums["n"][tested], state.sums["events"][tested], ijk, tests,
+        None if out_dir is None else out_dir / "permutations", progress)
+    for name in names:
         # -log10 from the double-precision p: single precision would round tiny p to 0.
-        maps = {name: values} | ({NEG_LOG10_MAPS[name]: neg_log10(values)}
-                                 if name in NEG_LOG10_MAPS else {})
-        for map_name, map_values in maps.items():
+        values = maps[name]
+        named = {name: values} | ({NEG_LOG10_MAPS[name]: neg_log10(values)}
+                                  if name in NEG_LOG10_MAPS else {})
+        for map_name, map_values in named.items():
             full = np.full(len(domain), np.nan)
             full[tested] = map_values
             volumes[map_name] = _to_volume(full, domain, shape)
-    return notes, int(design.dof)
-
-
-def _permutations(design, permutations, seed, device, out_dir, progress) -> np.ndarray:
-    done, save = {}, None
-    if out_dir is not None:
-        folder = out_dir / "permutations"
-        folder.mkdir(exist_ok=True)
-        for path in folder.glob("block-*.npy"):
-            try:
-                done[int(path.stem.split("-")[1])] = np.load(path)
-            except (OSError, ValueError, EOFError):
-                continue  # an unreadable block is drawn again
-
-        def save(block, maxima):
-            with atomic_path(folder / f"block-{block:05d}.npy") as tmp:
-                np.save(tmp, maxima)
-    return design.permutation_maxima(permutations, seed, device, progress, done, save)
+    regions = np.array([REGION_NAMES.get(int(label), "outside")
+                        for label in atlas.labels.ravel()[domain[tested]]])
+    table = (cluster_table(maps, cluster, atlas.voxel_to_world(ijk), regions, atlas.spacing_mm)
+             if tests.cluster_p is not None else pd.DataFrame(columns=CLUSTER_COLUMNS))
+    return notes, dof, table
 
 
 def _summary(stats, params, included, excluded, state, tested, notes, sources, bins_mm) -> dict:
