@@ -407,6 +407,14 @@ def aggregate(
     adjust_extent: Annotated[bool, typer.Option(
         help="Adjust the t-test for footprint extent (log voxels), the lesion-volume "
              "correction.")] = True,
+    contrast: Annotated[Optional[str], typer.Option(
+        help="Compare two groups: a qc.csv column with two levels (sex), source (the "
+             "registration folder) or a column of --contrast-manifest. Adds contrast_* maps: "
+             "each group's risk, the difference with intervals, the interaction test.")
+    ] = None,
+    contrast_manifest: Annotated[Optional[Path], typer.Option(
+        help="Manifest (CSV) holding the --contrast column, joined on patient and nodule.")
+    ] = None,
 ) -> None:
     """Voxelwise LLNM probability maps, tests and region/capsule-distance tables (resumable)."""
     from .statistics import aggregate as aggregate_stats
@@ -418,7 +426,8 @@ def aggregate(
                                 permutations=permutations, covariates=names, seed=seed,
                                 update=update, workers=workers, scheduler=scheduler,
                                 device=device, tfce=tfce, cluster_p=cluster_p or None,
-                                connectivity=connectivity, adjust_extent=adjust_extent)
+                                connectivity=connectivity, adjust_extent=adjust_extent,
+                                contrast=contrast, contrast_manifest=contrast_manifest)
     summary = stats.summary
     excluded = {k: v for k, v in summary["excluded"].items() if v}
     _say(f"{summary['nodules']} nodules ({summary['events']} with LLNM), "

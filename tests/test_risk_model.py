@@ -258,4 +258,5 @@ def test_no_side_term_gives_no_lobe_difference_with_either_weight(tmp_path, atla
     # The extent imbalance is reported, and the heatmap t-test is adjusted for it.
     assert stats.summary["footprint_extent"]["differs"]
     assert any("footprint extent differs" in note for note in stats.summary["notes"])
-    assert any("adjusted for footprint extent" in note for note in stats.summary["notes"])
+    assert any("t-test is adjusted for footprint extent" in note
+               for note in stats.summary["notes"])

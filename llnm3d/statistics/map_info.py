@@ -15,11 +15,19 @@ import numpy as np
 
 from .. import __version__
 from ..nifti import NiftiHeader, display_range
+from .contrast import MAP_KINDS as CONTRAST_MAP_KINDS
 
+# A group contrast's outcome x group interaction test writes the t-test's maps under this
+# prefix (``contrast_t``, ``contrast_tfce_p_fwer``, ...).
+INTERACTION_PREFIX = "contrast_"
+INTERACTION_MAPS = ("t", "t_p", "t_q_fdr", "t_p_fwer", "tfce", "tfce_p_fwer", "cluster_mass",
+                    "cluster_mass_p_fwer")
 # p map -> its -log10 map.
-NEG_LOG10_MAPS = {"chi2_p": "chi2_log10p", "t_p": "t_log10p", "t_q_fdr": "t_log10q_fdr",
-                  "t_p_fwer": "t_log10p_fwer", "tfce_p_fwer": "tfce_log10p_fwer",
-                  "cluster_mass_p_fwer": "cluster_mass_log10p_fwer"}
+_TEST_LOG10 = {"t_p": "t_log10p", "t_q_fdr": "t_log10q_fdr", "t_p_fwer": "t_log10p_fwer",
+               "tfce_p_fwer": "tfce_log10p_fwer",
+               "cluster_mass_p_fwer": "cluster_mass_log10p_fwer"}
+NEG_LOG10_MAPS = {"chi2_p": "chi2_log10p", **_TEST_LOG10} | {
+    INTERACTION_PREFIX + p: INTERACTION_PREFIX + log for p, log in _TEST_LOG10.items()}
 # The largest -log10 p written: p is floored at the smallest normal double (p = 0 from an
 # underflowing tail would give infinity).
 _SMALLEST_P = np.finfo(np.float64).tiny
@@ -57,7 +65,10 @@ MAP_KINDS = {
     "cluster_mass": ("estimate", "cluster mass (sum of |t| above the cluster-forming "
                                  "threshold)"),
     "cluster_mass_p_fwer": ("p", "p (0-1)"),
-} | {name: ("neglog10p", "-log10(p)") for name in NEG_LOG10_MAPS.values()}
+}
+MAP_KINDS |= ({INTERACTION_PREFIX + name: MAP_KINDS[name] for name in INTERACTION_MAPS}
+              | CONTRAST_MAP_KINDS
+              | {name: ("neglog10p", "-log10(p)") for name in NEG_LOG10_MAPS.values()})
 
 
 def neg_log10(p: np.ndarray) -> np.ndarray:
@@ -69,14 +80,16 @@ def map_header(name: str, summary: dict) -> NiftiHeader:
     """The NIfTI header fields of map ``name`` of an aggregation with ``summary``.
 
     t: intent "t test" with the degrees of freedom of the OLS test (``summary``'s
-    ``t_degrees_of_freedom``; 0 when unknown); chi2: "chi2" with 1; p and q maps: "p value",
-    displayed 0-1; -log10 maps: an estimate named "-log10(p)"; probabilities: an estimate
-    displayed 0-1; other maps (and names this module does not know): an estimate.
+    ``t_degrees_of_freedom``, or its contrast's for the interaction test; 0 when unknown);
+    chi2: "chi2" with 1; p and q maps: "p value", displayed 0-1; -log10 maps: an estimate
+    named "-log10(p)"; probabilities: an estimate displayed 0-1; other maps (and names this
+    module does not know): an estimate.
     """
     kind, _ = MAP_KINDS.get(name, ("estimate", ""))
     description = f"llnm3d {name}"
     if kind == "t":
-        dof = summary.get("t_degrees_of_freedom")
+        dof = (summary.get("contrast") or {}).get("t_degrees_of_freedom") if name.startswith(
+            INTERACTION_PREFIX) else summary.get("t_degrees_of_freedom")
         return NiftiHeader("t test", (float(dof),) if dof else (), "t", description)
     if kind == "chi2":
         return NiftiHeader("chi2", (1.0,), "chi2", description)

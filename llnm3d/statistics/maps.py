@@ -8,9 +8,12 @@ Output folder::
     regions.csv           risk per region (lobe x third, isthmus), whole and front/back halves
     capsule_distance.csv  risk per nodule-edge capsule-distance bin
     clusters.csv          clusters of the cluster-mass test (:mod:`.voxelwise`)
+    nodule_model.csv      adjusted odds ratios of LLNM by capsule distance (:mod:`.nodule_model`)
+    contrast_clusters.csv with ``contrast``: clusters of the interaction test (:mod:`.contrast`)
     summary.json          inputs, parameters, seed, counts, exclusions, software versions
     accumulators.npz      the voxelwise sums (resume, ``--update``)
-    permutations/         maxima of permutation blocks, one array per statistic (resume)
+    permutations/         maxima of permutation blocks, one array per statistic (resume);
+                          the contrast's interaction test in permutations/contrast/
 
 Probability at a voxel: with weights ``w`` (heatmap or nodule occupancy) of the nodules touching
 it, the weighted proportion ``sum(w y) / sum(w)`` on Kish's effective number of nodules
@@ -38,7 +41,6 @@ from ..atlas import REGION_NAMES, Atlas, as_atlas
 from ..checks import check_choice, check_number, check_optional_workers, check_seed
 from ..io import (
     InputError,
-    atomic_path,
     atomic_paths,
     digest,
     ensure_writable_dir,
@@ -64,9 +66,19 @@ from .accumulate import (
     domain_lookup,
     patch_weights,
 )
-from .inference import jeffreys_interval
+from .contrast import MAP_DESCRIPTIONS as CONTRAST_MAP_DESCRIPTIONS
+from .contrast import contrast_groups, estimate_contrast, interaction_design, manifest_column
+from .inference import OLSDesign, jeffreys_interval
 from .kernel import fit_kernel
-from .map_info import NEG_LOG10_MAPS, map_header, map_sidecar, neg_log10
+from .map_info import (
+    INTERACTION_MAPS,
+    INTERACTION_PREFIX,
+    NEG_LOG10_MAPS,
+    map_header,
+    map_sidecar,
+    neg_log10,
+)
+from .nodule_model import nodule_model_table
 from .spatial import (
     SplineBasis,
     fit_spatial,
@@ -81,6 +93,8 @@ from .voxelwise import (
     TestSettings,
     check_test_settings,
     cluster_table,
+    permutation_test_names,
+    permutation_tests,
     test_names,
     voxelwise_tests,
 )
@@ -144,6 +158,12 @@ MAP_DESCRIPTIONS = {
     "tfce_log10p_fwer": "-log10 of tfce_p_fwer",
     "cluster_mass_log10p_fwer": "-log10 of cluster_mass_p_fwer",
 }
+MAP_DESCRIPTIONS |= (
+    {INTERACTION_PREFIX + name: "group contrast, outcome x group interaction test: "
+     + MAP_DESCRIPTIONS[name] for name in INTERACTION_MAPS}
+    | {log: f"-log10 of {p}" for p, log in NEG_LOG10_MAPS.items()
+       if p.startswith(INTERACTION_PREFIX)}
+    | CONTRAST_MAP_DESCRIPTIONS)
 
 
 @dataclass
@@ -212,7 +232,9 @@ class Stats:
                                                            encoding="utf-8")
             for tmp, table in zip(temporaries[2 * len(names):], tables.values()):
                 table.to_csv(tmp, index=False)
-            temporaries[-1].write_text(json_document(self.summary), encoding="utf-8")
+            # The tables listed are the tables written, whatever the summary was built with.
+            summary = {**self.summary, "tables": list(self.tables)}
+            temporaries[-1].write_text(json_document(summary), encoding="utf-8")
         return out_dir
 
 
@@ -261,7 +283,8 @@ def _block_job(job: tuple[int, list[NoduleInput]]) -> tuple[str, Accumulator | s
 
 def _select_nodules(registered: list[Registered], weight: str, covariates: list[str],
                     atlas: Atlas) -> tuple[pd.DataFrame, dict]:
-    """The QC rows of the nodules that enter the statistics, and the exclusion counts."""
+    """The QC rows of the nodules that enter the statistics, and the exclusion counts;
+    ``source`` names each nodule's registration folder."""
     signature = grid_signature(atlas)
     tables = []
     for result in registered:
@@ -276,7 +299,8 @@ def _select_nodules(registered: list[Registered], weight: str, covariates: list[
             raise InputError(f"{result.out_dir}: registered without heatmaps; use --weight mask "
                              "or register with --heatmaps")
         tables.append(result.qc.assign(patch_path=[
-            result.out_dir / "patches" / f"{file_stem(key)}.npz" for key in result.qc["nodule"]]))
+            result.out_dir / "patches" / f"{file_stem(key)}.npz" for key in result.qc["nodule"]],
+            source=str(result.out_dir)))
     qc = pd.concat(tables, ignore_index=True)
     duplicated = qc["nodule"].duplicated(keep="last")
     excluded = {"registration failed": int((qc["status"] == "failed").sum()),
@@ -352,7 +376,8 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
               workers: int | None = None, scheduler: str | None = None,
               device: str | None = None, progress: bool = True, *, tfce: bool = True,
               cluster_p: float | None = DEFAULT_CLUSTER_P, connectivity: int = 6,
-              adjust_extent: bool = True) -> Stats:
+              adjust_extent: bool = True, contrast: str | None = None,
+              contrast_manifest: str | Path | None = None) -> Stats:
     """Voxelwise LLNM statistics of registered nodules.
 
     Parameters
@@ -410,6 +435,14 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
         Adjust the t-test for footprint extent (log voxels of each nodule's footprint), the
         lesion-volume correction, even when ``covariates`` leaves it out: footprints that
         spread further with one outcome than the other make "effects" of spread alone.
+    contrast : str, optional
+        Compare two groups of nodules (:mod:`.contrast`): a column with two levels of the
+        registrations' qc.csv (``sex``), ``source`` (the registration folder: two hospitals
+        registered apart) or, with ``contrast_manifest``, of that manifest. Adds the
+        ``contrast_*`` maps: each level's risk, the difference with its interval and
+        simultaneous band, and the permutation test of the outcome x group interaction.
+    contrast_manifest : path, optional
+        Manifest (CSV) holding the ``contrast`` column, joined on the nodule key.
     """
     tests = TestSettings(permutations, seed, tfce, cluster_p, connectivity, device)
     _check_parameters(estimator, weight, min_cases, permutations, covariates, seed,
@@ -417,6 +450,8 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     check_test_settings(tests)
     if update and out_dir is None:
         raise InputError("--update needs the output folder of an earlier aggregate")
+    if contrast_manifest is not None and contrast is None:
+        raise InputError("--contrast-manifest needs --contrast COLUMN")
     covariates = list(covariates)
     atlas = as_atlas(atlas) or Atlas.default()
     sources = registered if isinstance(registered, (list, tuple)) else [registered]
@@ -427,10 +462,16 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
               "min_cases": min_cases,
               "permutations": permutations, "covariates": covariates, "seed": seed,
               "prior_strength": prior_strength, "tfce": tfce, "cluster_p": cluster_p,
-              "connectivity": connectivity, "adjust_extent": adjust_extent}
+              "connectivity": connectivity, "adjust_extent": adjust_extent,
+              "contrast": contrast}
     domain = analysis_domain(atlas)
     lookup = domain_lookup(atlas, domain)
     digests = nodule_digests(nodules)
+    if contrast_manifest is not None:
+        nodules[contrast] = nodules["nodule"].map(
+            manifest_column(contrast_manifest, contrast)).fillna("")
+    if contrast is not None:
+        contrast_groups(nodules, contrast)  # two usable levels, before any work
     state, complete, resumed = None, False, Resumed()
     if out_dir is not None:
         out_dir = ensure_writable_dir(out_dir)
@@ -446,10 +487,11 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
         state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params,
                             digests, workers, session, progress)
         if out_dir is not None and permutations:
-            _claim_permutations(out_dir / "permutations", state, digests)
+            _claim_permutations(out_dir / "permutations", _data_key(state, digests))
         stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
                             estimator, weight, covariates, min_cases, tests, adjust_extent,
-                            prior_strength, bins_mm, out_dir, progress, workers, session)
+                            prior_strength, bins_mm, out_dir, progress, workers, session,
+                            _data_key(state, digests))
     stats.resumed = resumed
     if out_dir is not None:
         stats.save(out_dir)
@@ -459,8 +501,8 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
 
 def nodule_digests(nodules: pd.DataFrame) -> dict[str, str]:
     """Per nodule, the digest of what the statistics read of it: its QC row (outcome,
-    probability, covariates) and the bytes of its patch file."""
-    columns = [c for c in nodules.columns if c != "patch_path"]
+    probability, covariates) and the bytes of its patch file (not where it lies)."""
+    columns = [c for c in nodules.columns if c not in ("patch_path", "source")]
     return {row["nodule"]: digest({"qc": {c: (None if pd.isna(row[c]) else str(row[c]))
                                           for c in columns},
                                    "patch": file_digest(row["patch_path"])})
@@ -473,9 +515,13 @@ def _state_record(params: dict, state: Accumulator, digests: dict[str, str],
             "digests": {key: digests[key] for key in sorted(state.seen)}}
 
 
-def _claim_permutations(folder: Path, state: Accumulator, digests: dict[str, str]) -> None:
-    """Keep the saved permutation blocks only if they were drawn for these nodules."""
-    key = digest({key: digests[key] for key in sorted(state.seen)})
+def _data_key(state: Accumulator, digests: dict[str, str]) -> str:
+    """The digest of the data a state holds."""
+    return digest({key: digests[key] for key in sorted(state.seen)})
+
+
+def _claim_permutations(folder: Path, key: str) -> None:
+    """Keep the saved permutation blocks only if they were drawn for the data of ``key``."""
     record = folder / "data.json"
     try:
         same = read_json(record).get("data") == key
@@ -484,6 +530,7 @@ def _claim_permutations(folder: Path, state: Accumulator, digests: dict[str, str
     if not same:
         for path in folder.glob("block-*.np[yz]"):  # .npy: max |t| only (llnm3d 0.1)
             path.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
         write_json(record, {"data": key})
 
 
@@ -506,7 +553,7 @@ def _check_parameters(estimator, weight, min_cases, permutations, covariates, se
 
 def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources, estimator,
                 weight, covariates, min_cases, tests, adjust_extent, prior_strength, bins_mm,
-                out_dir, progress, workers, scheduler) -> Stats:
+                out_dir, progress, workers, scheduler, data_key) -> Stats:
     """Maps, tests and tables of an accumulated state."""
     excluded["empty patch"] = int(nodules["nodule"].isin(state.empty_nodules).sum())
     included = nodules.set_index("nodule").loc[state.nodules].reset_index()
@@ -522,7 +569,7 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
     footprints = weight_matrix(included, np.arange(len(domain)), lookup, len(domain), weight,
                                progress, workers, scheduler)
     included["footprint_voxels"] = footprints.getnnz(axis=0)
-    extent, notes = footprint_extent(included, weight)
+    extent, notes = footprint_extent(included, weight, adjust_extent or "extent" in covariates)
     record = {"name": estimator, "footprint": weight}
     if estimator != "weighted" and included["label"].nunique() < 2:
         notes.append(f"every included nodule has outcome {int(included['label'].iloc[0])}: the "
@@ -553,9 +600,18 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
                                              footprints, test_covariates, tests, out_dir,
                                              atlas, progress)
     notes += test_notes
+    tables = {"clusters": clusters}
+    tables["nodule_model"], model_notes = nodule_model_table(included, bins_mm)
+    notes += [f"nodule model: {note}" for note in model_notes]
+    contrast = None
+    if params["contrast"] is not None:
+        contrast, tables["contrast_clusters"] = _contrast_statistics(
+            volumes, included, footprints, tested, state, domain, atlas, params["contrast"],
+            covariates, test_covariates, tests, min_cases, out_dir, data_key, progress)
+        notes += [f"contrast: {note}" for note in contrast["notes"]]
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
                   region_table(included, atlas), capsule_distance_table(included, bins_mm),
-                  tables={"clusters": clusters})
+                  tables=tables)
     stats.summary = _summary(stats, params, included, excluded, state, tested, notes, sources,
                              bins_mm)
     stats.summary["estimator"] = record
@@ -563,14 +619,17 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
     # The t map's Student-t degrees of freedom (its NIfTI intent parameter); None untested.
     stats.summary["t_degrees_of_freedom"] = t_dof
     stats.summary["tests"] = {**tests.record(t_dof), "covariates": test_covariates}
+    stats.summary["contrast"] = contrast
     stats.summary["tables"] = list(stats.tables)
     return stats
 
 
-def footprint_extent(nodules: pd.DataFrame, weight: str) -> tuple[dict, list[str]]:
+def footprint_extent(nodules: pd.DataFrame, weight: str, adjusted: bool = True
+                     ) -> tuple[dict, list[str]]:
     """Footprint size by outcome (``footprint_voxels``: voxels with weight > 0) and a note
     when it differs: then a weighted map or a voxelwise test of the raw weights measures how
-    far footprints spread as well as where risk is (the lesion-volume confound)."""
+    far footprints spread as well as where risk is (the lesion-volume confound); ``adjusted``:
+    whether the t-test carries the extent covariate."""
     from scipy.stats import mannwhitneyu
 
     by = {int(k): v["footprint_voxels"].to_numpy(float) for k, v in nodules.groupby("label")}
@@ -587,9 +646,11 @@ def footprint_extent(nodules: pd.DataFrame, weight: str) -> tuple[dict, list[str
     return record, [
         f"footprint extent differs by outcome ({weight} footprints: median "
         f"{np.median(by[1]):.0f} voxels with LLNM vs {np.median(by[0]):.0f} without, "
-        f"Mann-Whitney p = {p:.1e}): the weighted maps and the t-test of raw weights measure "
-        "footprint spread as well as risk; the spatial estimator normalises each footprint "
-        "to unit mass, and --covariates extent adjusts the t-test"]
+        f"Mann-Whitney p = {p:.1e}): the weighted maps measure footprint spread as well as "
+        "risk; the spatial estimator normalises each footprint to unit mass, and "
+        + ("the t-test is adjusted for footprint extent" if adjusted else
+           "the t-test is not adjusted for it (--no-adjust-extent): its maps measure spread "
+           "too")]
 
 
 def estimate_risk(estimator: str, footprints: sp.spmatrix, nodules: pd.DataFrame, atlas: Atlas,
@@ -791,31 +852,87 @@ def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
         notes.append(f"every included nodule has outcome {int(y[0])}: no association test")
     if not len(tested):
         notes.append("no voxel reaches min-cases: no association test")
-    untested = [*names, *(NEG_LOG10_MAPS[name] for name in names if name in NEG_LOG10_MAPS)]
     if notes:
-        volumes.update({name: _to_volume(np.full(len(domain), np.nan), domain, shape)
-                        for name in untested})
+        _put_test_maps(volumes, {name: np.zeros(0) for name in names}, names, "",
+                       np.zeros(0, int), domain, shape)
         return notes, None, pd.DataFrame(columns=CLUSTER_COLUMNS)
-    k, j, i = np.unravel_index(domain[tested], shape)
-    ijk = np.stack([i, j, k], axis=1)
+    ijk = _grid_indices(domain[tested], shape)
     maps, dof, cluster = voxelwise_tests(
         footprints[tested], y, _covariate_matrix(included, covariates),
         state.sums["n"][tested], state.sums["events"][tested], ijk, tests,
         None if out_dir is None else out_dir / "permutations", progress)
+    _put_test_maps(volumes, maps, names, "", tested, domain, shape)
+    return notes, dof, _cluster_table(maps, cluster, tests, atlas, domain[tested], ijk)
+
+
+def _grid_indices(flat: np.ndarray, shape) -> np.ndarray:
+    """(n, 3) grid indices (i, j, k) of flat atlas indices."""
+    k, j, i = np.unravel_index(flat, shape)
+    return np.stack([i, j, k], axis=1)
+
+
+def _put_test_maps(volumes, maps, names, prefix, tested, domain, shape) -> None:
+    """Add test maps (values at the tested voxels) as volumes named ``prefix + name``, each
+    p map followed by its -log10 map."""
     for name in names:
         # -log10 from the double-precision p: single precision would round tiny p to 0.
-        values = maps[name]
-        named = {name: values} | ({NEG_LOG10_MAPS[name]: neg_log10(values)}
-                                  if name in NEG_LOG10_MAPS else {})
-        for map_name, map_values in named.items():
+        named = {prefix + name: maps[name]}
+        if prefix + name in NEG_LOG10_MAPS:
+            named[NEG_LOG10_MAPS[prefix + name]] = neg_log10(maps[name])
+        for map_name, values in named.items():
             full = np.full(len(domain), np.nan)
-            full[tested] = map_values
+            full[tested] = values
             volumes[map_name] = _to_volume(full, domain, shape)
+
+
+def _cluster_table(maps, cluster, tests, atlas, flat, ijk) -> pd.DataFrame:
+    if tests.cluster_p is None:
+        return pd.DataFrame(columns=CLUSTER_COLUMNS)
     regions = np.array([REGION_NAMES.get(int(label), "outside")
-                        for label in atlas.labels.ravel()[domain[tested]]])
-    table = (cluster_table(maps, cluster, atlas.voxel_to_world(ijk), regions, atlas.spacing_mm)
-             if tests.cluster_p is not None else pd.DataFrame(columns=CLUSTER_COLUMNS))
-    return notes, dof, table
+                        for label in atlas.labels.ravel()[flat]])
+    return cluster_table(maps, cluster, atlas.voxel_to_world(ijk), regions, atlas.spacing_mm)
+
+
+def _contrast_statistics(volumes, included, footprints, tested, state, domain, atlas, column,
+                         covariates, test_covariates, tests, min_cases, out_dir, data_key,
+                         progress) -> tuple[dict, pd.DataFrame]:
+    """Add the group contrast's maps (:mod:`.contrast`): each level's risk and their
+    difference from the spatial model, and the outcome x group interaction test (maps
+    ``contrast_t``..., family-wise by the same permutation scheme as the outcome's test).
+    Returns the summary record and the interaction test's clusters table."""
+    shape = atlas.labels.shape
+    fitted, record = estimate_contrast(footprints, included, column, atlas, domain,
+                                       state.sums["n"] > 0,
+                                       _covariate_matrix(included, covariates), min_cases)
+    for name, values in fitted.items():
+        volumes[name] = _to_volume(values, domain, shape)
+    groups = contrast_groups(included, column)
+    usable = np.flatnonzero(groups.usable)
+    confounds = _covariate_matrix(included, test_covariates)
+    tested_variate, confounds = interaction_design(
+        included["label"].to_numpy(float)[usable], groups.g[usable],
+        None if confounds is None else confounds[usable])
+    names = permutation_test_names(tests)
+    if not len(tested):
+        _put_test_maps(volumes, {name: np.zeros(0) for name in names}, names,
+                       INTERACTION_PREFIX, tested, domain, shape)
+        return {**record, "interaction_test": None}, pd.DataFrame(columns=CLUSTER_COLUMNS)
+    folder = None
+    if out_dir is not None and tests.permutations:
+        folder = out_dir / "permutations" / "contrast"
+        # Blocks are reusable only for the same data and the same groups.
+        _claim_permutations(folder, digest({"data": data_key, "column": column,
+                                            "nodules": included["nodule"].iloc[usable].tolist(),
+                                            "groups": groups.g[usable].tolist()}))
+    design = OLSDesign(footprints[tested][:, usable], tested_variate, confounds)
+    ijk = _grid_indices(domain[tested], shape)
+    maps, cluster = permutation_tests(design, ijk, tests, folder, progress)
+    _put_test_maps(volumes, maps, names, INTERACTION_PREFIX, tested, domain, shape)
+    record["interaction_test"] = {
+        "tested": "outcome x group (level B minus level A)", "nodules": int(len(usable)),
+        "confounds": ["outcome", "group", *test_covariates]}
+    record["t_degrees_of_freedom"] = int(design.dof) if design.testable else None
+    return record, _cluster_table(maps, cluster, tests, atlas, domain[tested], ijk)
 
 
 def _summary(stats, params, included, excluded, state, tested, notes, sources, bins_mm) -> dict:

@@ -91,8 +91,13 @@ def cluster_threshold(cluster_p: float, dof: int) -> float:
 
 
 def test_names(settings: TestSettings) -> tuple[str, ...]:
-    """The maps :func:`voxelwise_tests` returns, in order, each p map before its -log10."""
-    return ("chi2", "chi2_p", "t", "t_p", "t_q_fdr", "t_p_fwer",
+    """The maps :func:`voxelwise_tests` returns, in order."""
+    return ("chi2", "chi2_p", *permutation_test_names(settings))
+
+
+def permutation_test_names(settings: TestSettings) -> tuple[str, ...]:
+    """The maps :func:`permutation_tests` returns, in order."""
+    return ("t", "t_p", "t_q_fdr", "t_p_fwer",
             *(("tfce", "tfce_p_fwer") if settings.tfce else ()),
             *(("cluster_mass", "cluster_mass_p_fwer") if settings.cluster_p is not None else ()))
 
@@ -131,6 +136,23 @@ def voxelwise_tests(weights: sp.spmatrix, y: np.ndarray, confounds: np.ndarray |
     """
     chi2, chi2_p = proportion_chi2(n_touch, events_touch, len(y), int(y.sum()))
     design = OLSDesign(weights, y, confounds)
+    maps, cluster = permutation_tests(design, ijk, settings, folder, progress)
+    return {"chi2": chi2, "chi2_p": chi2_p, **maps}, int(design.dof), cluster
+
+
+def permutation_tests(design: OLSDesign, ijk: np.ndarray, settings: TestSettings,
+                      folder: Path | None = None, progress: bool = False
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The t-test of a design and its family-wise corrected statistics.
+
+    Returns
+    -------
+    maps : dict of str -> ndarray of float64, shape (n_tested,)
+        ``t``, ``t_p``, ``t_q_fdr``, ``t_p_fwer`` and, as ``settings`` asks, ``tfce``,
+        ``tfce_p_fwer``, ``cluster_mass``, ``cluster_mass_p_fwer``.
+    cluster : ndarray of int, shape (n_tested,)
+        As :func:`voxelwise_tests`.
+    """
     t = design.t_scores()
     p = design.p_values(t)
     threshold = (None if settings.cluster_p is None
@@ -139,8 +161,7 @@ def voxelwise_tests(weights: sp.spmatrix, y: np.ndarray, confounds: np.ndarray |
                                  mass_threshold=threshold)
     observed = clusters.observed(t)
     maxima = permutation_maxima(design, clusters, settings, folder, progress)
-    maps = {"chi2": chi2, "chi2_p": chi2_p, "t": t, "t_p": p, "t_q_fdr": fdr_bh(p),
-            "t_p_fwer": _fwer(t, maxima["t"])}
+    maps = {"t": t, "t_p": p, "t_q_fdr": fdr_bh(p), "t_p_fwer": _fwer(t, maxima["t"])}
     for name, values in observed.items():
         maps[name] = np.where(np.isfinite(t), values, np.nan)
         maps[f"{name}_p_fwer"] = _fwer(maps[name], maxima[name])
@@ -150,7 +171,7 @@ def voxelwise_tests(weights: sp.spmatrix, y: np.ndarray, confounds: np.ndarray |
         cluster = cluster_masses(t, clusters.edges, threshold)[0]
     else:
         cluster = np.full(len(t), -1)
-    return maps, int(design.dof), cluster
+    return maps, cluster
 
 
 def _fwer(values: np.ndarray, maxima: np.ndarray) -> np.ndarray:
