@@ -94,7 +94,7 @@ def nilearn_orders(n: int, n_perm: int, random_state: int) -> np.ndarray:
 def test_permutation_maxima_equal_nilearn_permuted_ols(monkeypatch, covariates):
     """Same data and the same permutations: observed t, TFCE and cluster masses and the null
     maxima of |t|, TFCE and cluster mass equal nilearn's (double precision)."""
-    monkeypatch.setattr(inference, "DTYPE", inference.torch.float64)
+    monkeypatch.setattr(inference, "DTYPE", np.float64)
     rng = np.random.default_rng(7)
     n, n_perm, cluster_p = 60, 12, 0.05
     mask = np.zeros(SHAPE, bool)
@@ -122,7 +122,7 @@ def test_permutation_maxima_equal_nilearn_permuted_ols(monkeypatch, covariates):
     np.testing.assert_allclose(observed["tfce"], out["tfce"][0], rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(np.abs(observed["cluster_mass"]), out["mass"][0], rtol=1e-9,
                                atol=1e-9)
-    kernel = inference._PermutationKernel(design, "cpu")
+    kernel = inference.permutation_kernel(design, "cpu")
     maxima = kernel.maxima(nilearn_orders(n, n_perm, 0), clusters)
     np.testing.assert_allclose(maxima["t"], out["h0_max_t"][0], rtol=1e-9)
     np.testing.assert_allclose(maxima["tfce"], out["h0_max_tfce"][0], rtol=1e-9)
@@ -153,3 +153,29 @@ def test_permutation_maxima_resume_block_by_block():
     again = design.permutation_maxima(600, seed=5, device="cpu", done=partial,
                                       clusters=clusters)
     np.testing.assert_array_equal(again["tfce"], full["tfce"])
+
+
+@pytest.mark.parametrize("density, covariates", [(0.3, 0), (0.02, 2)])
+def test_cpu_kernel_equals_the_torch_engine_and_double_precision(density, covariates):
+    # The compiled CPU kernel and the torch engine (what a GPU runs, here on the CPU) give the
+    # same permuted t-maps, and both match the double-precision statistic of the permuted
+    # outcome (no covariates: Freedman-Lane is permuting y).
+    rng = np.random.default_rng(11)
+    n, voxels = 300, 2000
+    weights = sp.random(voxels, n, density=density, random_state=4, format="lil")
+    weights[5] = 0.0  # an untestable voxel: no weight
+    weights = weights.tocsr()
+    y = rng.integers(0, 2, n).astype(float)
+    confounds = rng.normal(size=(n, covariates)) if covariates else None
+    design = OLSDesign(weights, y, confounds)
+    orders = np.stack([rng.permutation(n) for _ in range(37)], axis=1)
+    cpu = inference.permutation_kernel(design, "cpu")
+    engine = inference._TorchKernel(design, "cpu")
+    t_cpu, t_torch = cpu.t(orders), engine.t(orders)
+    assert t_cpu.shape == (37, voxels) and t_cpu.dtype == np.float32
+    assert np.all(t_cpu[:, 5] == 0) and not design.valid[5]
+    np.testing.assert_allclose(t_cpu, t_torch, rtol=1e-4, atol=1e-4)
+    if not covariates:
+        exact = np.stack([OLSDesign(weights, y[order]).t_scores() for order in orders.T])
+        np.testing.assert_allclose(t_cpu[:, design.valid], exact[:, design.valid], rtol=1e-4,
+                                   atol=1e-4)

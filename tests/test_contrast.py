@@ -302,7 +302,7 @@ def test_aggregate_contrast_writes_each_groups_maps_and_the_interaction_test(
 
     registered, folder = hospitals
     options = dict(atlas=atlas, min_cases=3, permutations=40, contrast="hospital",
-                   progress=False)
+                   estimator="weighted", progress=False)
     stats = aggregate(registered, out_dir=tmp_path / "a",
                       contrast_manifest=folder / "hospitals.csv", **options)
     record = stats.summary["contrast"]
@@ -359,7 +359,8 @@ def test_aggregate_contrast_errors_name_the_column(hospitals, atlas, tmp_path):
     assert result.exit_code == 2 and "needs --contrast COLUMN" in result.output
     result = runner.invoke(app, ["aggregate", "--registered", str(registered.out_dir),
                                  "--out", str(tmp_path / "y"), "--min-cases", "3",
-                                 "--permutations", "0", "--contrast", "hospital",
+                                 "--permutations", "0", "--estimator", "weighted",
+                                 "--contrast", "hospital",
                                  "--contrast-manifest", str(folder / "hospitals.csv")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "y" / "contrast_difference.nii.gz").is_file()

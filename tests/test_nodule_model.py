@@ -177,6 +177,8 @@ def test_complete_separation_gives_nan_and_a_note_not_huge_odds_ratios():
     (simulate(n_nodules=200, seed=8).assign(label=0), "every nodule has outcome 0"),
     (simulate(n_nodules=50, seed=9).assign(age=np.nan), "no nodule has every value"),
     (simulate(n_nodules=5, seed=10).iloc[:0], "no nodule has every value"),
+    (simulate(n_nodules=2, seed=12).assign(capsule_distance_mm=[0.5, 20.0], label=[0, 1]),
+     "nodules of one outcome only"),
 ])
 def test_models_that_cannot_be_estimated_are_refused_with_a_note(data, reason):
     table, notes = nodule_model_table(data)

@@ -238,7 +238,7 @@ def fit_model(model: str, frame: pd.DataFrame, terms: list[Term]
     nodules, events = len(data), int(data["label"].sum()) if len(data) else 0
     context = {"model": model, "nodules": nodules, "events": events,
                "excluded_nodules": len(frame) - nodules}
-    refusal = _refusal(data, kept)
+    refusal = _refusal(data, kept, len(complete))
     if refusal:
         notes.append(f"{model}: not estimated: {refusal}")
         return _rows(context, terms, level_status, data, complete, None, "not estimated"), notes
@@ -321,6 +321,11 @@ def _usable_levels(model: str, data: pd.DataFrame, terms: list[Term]):
             resolved.append(term)
             continue
         usable = [level for level in term.levels if (term.name, level) not in status]
+        if not usable:
+            # Only a required term gets here; _refusal says why the model is not fitted.
+            resolved.append(replace(term, reference=()))
+            kept.append(term)
+            continue
         if len(usable) < 2 and not term.required:
             notes.append(f"{model}: {term.name} has fewer than two levels with both "
                          "outcomes: not adjusted for")
@@ -362,10 +367,14 @@ def _rarer_outcome(labels: pd.Series) -> int:
     return min(events, len(labels) - events)
 
 
-def _refusal(data: pd.DataFrame, terms: list[Term]) -> str | None:
-    """Why a model cannot be fitted to ``data`` with ``terms`` (None if it can)."""
-    if len(data) == 0:
+def _refusal(data: pd.DataFrame, terms: list[Term], complete: int) -> str | None:
+    """Why a model cannot be fitted to ``data`` with ``terms`` (None if it can); ``complete``
+    is the number of nodules with every value before single-outcome levels were left out."""
+    if complete == 0:
         return "no nodule has every value the model needs"
+    if len(data) == 0:
+        return (f"every level of {terms[0].name} with nodules has nodules of one outcome "
+                "only")
     if data["label"].nunique() < 2:
         return f"every nodule has outcome {int(data['label'].iloc[0])}"
     required = terms[0]
