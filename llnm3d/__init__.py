@@ -1,10 +1,31 @@
-"""llnm3d: 3D spatial statistics of lateral lymph node metastasis (LLNM) in thyroid cancer."""
+"""llnm3d: 3D spatial statistics of lateral lymph node metastasis (LLNM) in thyroid cancer.
 
-__version__ = "0.1.0"
+The names below load on first use (PEP 562), so ``import llnm3d`` and ``llnm3d --help`` do not
+pay for registration, statistics and their dependencies until they are needed.
+"""
 
-from .atlas import Atlas, Section  # noqa: E402
-from .registration import Registered, load_registered, register  # noqa: E402
-from .statistics import Stats, aggregate, load_stats  # noqa: E402
+from importlib import import_module
+
+from ._version import __version__
+
+_LAZY = {
+    "Atlas": ".atlas", "Section": ".atlas",
+    "Registered": ".registration", "load_registered": ".registration",
+    "register": ".registration",
+    "Stats": ".statistics", "aggregate": ".statistics", "load_stats": ".statistics",
+}
 
 __all__ = ["Atlas", "Registered", "Section", "Stats", "__version__", "aggregate",
            "load_registered", "load_stats", "register"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -32,7 +32,7 @@ import numpy as np
 import trimesh
 from scipy import ndimage
 
-from . import __version__
+from ._version import __version__
 from .anatomy import ISTHMUS, LEFT, RIGHT, ThyroidShape, gland_field_mm
 from .checks import check_number
 from .io import InputError, atomic_path, read_json, read_volume, write_json, write_volume

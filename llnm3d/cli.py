@@ -12,7 +12,7 @@ from typing import Annotated, Iterator, NoReturn, Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 
 app = typer.Typer(help="3D spatial statistics of lateral lymph node metastasis in thyroid "
                        "cancer.", no_args_is_help=True, add_completion=False,

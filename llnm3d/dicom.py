@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .checks import check_number
 from .io import (
     InputError,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from ._version import __version__
 from .atlas import REGION_NAMES, Atlas, as_atlas
 from .checks import check_choice, check_number
 from .gltf import (

@@ -38,7 +38,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .cases import Cases, load_cases
 from .checks import check_choice, check_number, check_optional_workers
 from .inputs import to_image_space

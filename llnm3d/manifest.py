@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
+from ._version import __version__
 from .annotations import BOX_COLUMNS, box_problem, nodule_box
 from .io import InputError, digest, file_digest, file_stem
 from .report_location import PROVENANCE_COLUMNS, fill_location_from_reports

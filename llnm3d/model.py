@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__
+from ._version import __version__
 from .features import MODEL_FEATURES
 from .inputs import CHANNELS
 from .io import InputError, atomic_path, read_json, write_json

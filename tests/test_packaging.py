@@ -1,5 +1,7 @@
 """The package carries what it needs at run time, and says how it is licensed and cited."""
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -45,3 +47,19 @@ def test_license_and_citation():
     study = citation["references"][0]
     assert (study["doi"], study["volume"], study["start"], study["year"]) == (
         "10.1038/s41467-025-62042-z", 16, 7052, 2025)
+
+
+def test_package_face_loads_stages_on_first_use():
+    # `import llnm3d` (and so `llnm3d --help`) pays for no stage; torch stays out of the
+    # package face, the statistics and the site; a public name loads its stage when used.
+    code = ("import sys, llnm3d\n"
+            "loaded = lambda: sorted(m for m in ('llnm3d.registration', 'llnm3d.statistics',"
+            " 'torch') if m in sys.modules)\n"
+            "assert loaded() == [], loaded()\n"
+            "import llnm3d.site, llnm3d.statistics.inference, llnm3d.cli\n"
+            "assert 'torch' not in sys.modules\n"
+            "assert llnm3d.aggregate.__module__ == 'llnm3d.statistics.maps'\n"
+            "assert 'aggregate' in dir(llnm3d) and llnm3d.__version__\n"
+            "try:\n    llnm3d.no_such_name\nexcept AttributeError:\n    pass\n"
+            "else:\n    raise SystemExit('no AttributeError')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

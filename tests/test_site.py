@@ -62,6 +62,11 @@ def test_site_carries_aggregates_only(built, cohort, registered, publishable_sta
             content = path.read_bytes()
             found = [n for n in needles if n.encode() in content]
             assert not found, (path, found[:5])
+    # Notes of the tables the site does not carry stay in summary.json.
+    summary = json.loads((publishable_stats_dir / "summary.json").read_text())
+    assert any(n.startswith("nodule model: ") for n in summary["notes"])
+    notes = json.loads((built / "data.json").read_text())["notes"]
+    assert not any(n.startswith(("nodule model: ", "contrast: ")) for n in notes)
 
 
 def test_table_rows_below_min_cases_are_suppressed(built, publishable_stats_dir):
@@ -142,3 +147,16 @@ def test_a_cohort_too_small_for_any_voxel_builds_a_site_that_says_so(registered,
     data = json.loads((out / "data.json").read_text())
     assert data["estimator"].startswith("weighted proportion") and data["points"] == 0
     assert any("not fitted" in note for note in data["notes"])
+
+
+def test_source_fingerprint_follows_code_not_docstrings_or_comments():
+    source = '"""Module doc."""\n\nX = 1  # why\n\n\ndef f(a):\n    """Doc\n    of f."""\n' \
+             '    # a comment\n    return a + X\n'
+    same = '"""Another doc."""\nX = 1\n\ndef f(a):\n    """Other."""\n    return a + X  # ok\n'
+    assert site_module.code_text(source) == site_module.code_text(same) == (
+        "X = 1\ndef f(a):\n    return a + X")
+    # Code changes, a string that is not a docstring, or a '#' inside a string all count.
+    assert site_module.code_text(source.replace("a + X", "a - X")) != site_module.code_text(
+        source)
+    assert "'# kept'" in site_module.code_text("def g():\n    return '# kept'\n")
+    assert site_module.code_text("def h(): return 1\n") == "def h(): return 1"

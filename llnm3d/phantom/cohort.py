@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from .. import __version__
+from .._version import __version__
 from ..atlas import REGION_NAMES, Atlas, as_atlas
 from ..checks import check_number, check_optional_workers, check_seed
 from ..io import (

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from PIL import Image
 from skimage.measure import regionprops
 
-from .. import __version__
+from .._version import __version__
 from ..annotations import BOX_NOTE, nodule_box, read_nodule_mask
 from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, part_name
 from ..checks import check_choice, check_number, check_optional_workers

@@ -8,14 +8,17 @@ CDN, no network at view time, relative paths only. The layout is in ``docs/site-
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
 import http.server
+import io
 import math
 import shutil
 import tempfile
 import threading
+import tokenize
 from collections.abc import Iterator
 from http import HTTPStatus
 from importlib import resources
@@ -25,7 +28,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .._version import __version__
 from ..atlas import Atlas, as_atlas
 from ..export import (
     DEFAULT_FIELD_SPACING_MM,
@@ -40,6 +43,7 @@ from ..export import (
 )
 from ..io import InputError, ensure_writable_dir, read_json, to_json, write_text
 from ..statistics import load_stats
+from ..statistics.maps import CONTRAST_NOTE, NODULE_MODEL_NOTE
 
 FORMAT = "llnm3d-site/1"
 THREE_VERSION = "0.187.0"
@@ -53,19 +57,46 @@ _SUPPRESSED = ["events", "risk", "ci_low", "ci_high", "mean_model_probability"]
 
 
 def source_fingerprint() -> str:
-    """SHA-256 of the llnm3d package's source and data files and the bundled weights
-    (``llnm3d/weights``).
+    """SHA-256 of what the llnm3d package runs: its Python code without docstrings, comments
+    and blank lines (:func:`code_text`), its templates, scripts, styles and data files, and the
+    bundled weights (``llnm3d/weights``).
 
     Recorded in every site's ``data.json``; a site whose fingerprint differs from the running
     code's was built by other code (the test of the published ``site/`` relies on this).
+    Editing a docstring or a comment does not change it.
     """
     package = Path(__file__).resolve().parents[1]
     files = [(p.relative_to(package).as_posix(), p) for p in package.rglob("*")
              if p.is_file() and p.suffix in {".py", ".j2", ".js", ".css", ".json", ".safetensors"}]
     digest = hashlib.sha256()
     for name, path in sorted(files):
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        content = (code_text(path.read_text(encoding="utf-8")).encode() if path.suffix == ".py"
+                   else path.read_bytes())
+        digest.update(name.encode() + b"\0" + content + b"\0")
     return digest.hexdigest()
+
+
+def code_text(source: str) -> str:
+    """Python source as it runs: docstrings (on lines of their own), comments, trailing
+    spaces and blank lines removed. Positions come from ``ast`` and ``tokenize``, which agree
+    across Python versions, unlike ``ast.dump``."""
+    lines = source.split("\n")  # as tokenize and ast count lines
+    dropped = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)) or not node.body:
+            continue
+        first = node.body[0]
+        own_lines = isinstance(node, ast.Module) or first.lineno > node.lineno
+        if (own_lines and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)):
+            dropped.update(range(first.lineno, first.end_lineno + 1))
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            row, column = token.start
+            lines[row - 1] = lines[row - 1][:column]
+    return "\n".join(line.rstrip() for number, line in enumerate(lines, 1)
+                     if number not in dropped and line.strip())
 
 
 def _site_files():
@@ -232,7 +263,10 @@ def _write_site(work: Path, stats, points, atlas, title, description, levels, mi
         data["tables"] = {
             "regions": table_json(stats.regions, _REGION_COLUMNS, shown),
             "capsule_distance": table_json(stats.capsule_distance, _DISTANCE_COLUMNS, shown)}
-        data["notes"] += exported["notes"] + [str(n) for n in stats.summary.get("notes", [])]
+        # The site carries neither the nodule-model nor the contrast tables, so not their notes.
+        data["notes"] += exported["notes"] + [
+            str(n) for n in stats.summary.get("notes", [])
+            if not str(n).startswith((NODULE_MODEL_NOTE, CONTRAST_NOTE))]
         data["layers"] += [
             {"id": "field", "label": "Probability field", "file": "assets/field.glb",
              "kind": "points", "visible": exported["points"] > 0},

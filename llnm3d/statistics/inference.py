@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import numba
+import numpy as np
 import scipy.sparse as sp
 from scipy import stats
 from tqdm.auto import tqdm

@@ -13,7 +13,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..nifti import NiftiHeader, display_range
 from .contrast import MAP_KINDS as CONTRAST_MAP_KINDS
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .. import __version__
+from .._version import __version__
 from ..atlas import REGION_NAMES, Atlas, as_atlas
 from ..checks import check_choice, check_number, check_optional_workers, check_seed
 from ..io import (
@@ -115,6 +115,9 @@ MAX_PERMUTATIONS = 100_000
 # LLNM is beyond this and the rank test is significant at EXTENT_ALPHA.
 EXTENT_RATIO = 1.25
 EXTENT_ALPHA = 0.01
+# Summary notes about the tables beside the maps start with their table's name.
+NODULE_MODEL_NOTE = "nodule model: "
+CONTRAST_NOTE = "contrast: "
 MAP_DESCRIPTIONS = {
     "n_nodules": "nodules touching the voxel (weight > 0)",
     "sum_weight": "summed weight of those nodules",
@@ -602,13 +605,13 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
     notes += test_notes
     tables = {"clusters": clusters}
     tables["nodule_model"], model_notes = nodule_model_table(included, bins_mm)
-    notes += [f"nodule model: {note}" for note in model_notes]
+    notes += [NODULE_MODEL_NOTE + note for note in model_notes]
     contrast = None
     if params["contrast"] is not None:
         contrast, tables["contrast_clusters"] = _contrast_statistics(
             volumes, included, footprints, tested, state, domain, atlas, params["contrast"],
             covariates, test_covariates, tests, min_cases, out_dir, data_key, progress)
-        notes += [f"contrast: {note}" for note in contrast["notes"]]
+        notes += [CONTRAST_NOTE + note for note in contrast["notes"]]
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
                   region_table(included, atlas), capsule_distance_table(included, bins_mm),
                   tables=tables)
