@@ -12,7 +12,7 @@ THREE_FILES := LICENSE build/three.module.js build/three.core.js \
 	examples/jsm/loaders/GLTFLoader.js examples/jsm/controls/OrbitControls.js \
 	examples/jsm/utils/BufferGeometryUtils.js examples/jsm/utils/SkeletonUtils.js
 
-.PHONY: demo test test-slow test-wheel figures site vendor-three clean
+.PHONY: demo test test-slow lint test-wheel figures site vendor-three clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ demo: $(STAMP)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check llnm3d tests benchmarks
 
 test-slow: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -m slow

@@ -172,7 +172,7 @@ def summarise(out: Path, setup: dict) -> dict:
                  "prevalence_mean": float(rows["events"].mean() / setup["nodules"]),
                  "extent_ratio_median": float(rows["extent_ratio"].median()),
                  "extent_differs_share": float(np.mean(
-                     (rows["extent_mann_whitney_p"] < 0.05))),
+                     rows["extent_mann_whitney_p"] < 0.05)),
                  "seconds_per_seed": float(rows["seconds"].mean()),
                  "seconds_total": float(rows["seconds"].sum()), "statistics": {}}
         for name in STATISTICS:

@@ -39,6 +39,7 @@ import argparse
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def spec_terms(spec: RiskSpec) -> tuple[list[Term], np.ndarray]:
         covariate = term["covariate"]
         if term["type"] == "step":
             edges = np.array([0.0, *term["thresholds"], np.inf])
-            names = tuple(bin_name(a, b) for a, b in zip(edges[:-1], edges[1:]))
+            names = tuple(bin_name(a, b) for a, b in pairwise(edges))
             terms.insert(0, Term("capsule_distance", "capsule_bin", names,
                                  reference=names[::-1], required=True))
         elif covariate in OBSERVED:
@@ -97,7 +98,7 @@ def planted(spec: RiskSpec, terms: list[Term], edges_mm, references: dict[str, s
             steps = np.asarray(term["coefficients"], float)
             step = {bin_name(low, high): steps[np.searchsorted(term["thresholds"], low,
                                                                side="right")]
-                    for low, high in zip(edges_mm[:-1], edges_mm[1:])}
+                    for low, high in pairwise(edges_mm)}
             reference = step[references["capsule_distance"]]
             values.update({("capsule_distance", level): value - reference
                            for level, value in step.items()})
@@ -132,7 +133,7 @@ def estimates(table: pd.DataFrame) -> pd.DataFrame:
 
 def references(table: pd.DataFrame) -> dict[str, str]:
     rows = table[table["status"] == "reference"]
-    return dict(zip(rows["term"], rows["level"]))
+    return dict(zip(rows["term"], rows["level"], strict=True))
 
 
 def study(args) -> tuple[pd.DataFrame, dict]:
@@ -169,7 +170,7 @@ def study(args) -> tuple[pd.DataFrame, dict]:
                     planted_values[key] = planted(spec, model_terms, edges, references(table))
                 found = estimates(table).assign(model=model, seed=seed, replicate=replicate)
                 found["planted"] = [planted_values[key].get((t, lv), np.nan)
-                                    for t, lv in zip(found["term"], found["level"])]
+                                    for t, lv in zip(found["term"], found["level"], strict=True)]
                 fits.append(found)
             for model in ("capsule_trend", "capsule_continuous"):
                 fits.append(estimates(default_table[default_table["model"] == model])

@@ -94,7 +94,7 @@ def make_problem(n_nodules: int, density: float, covariates: bool, seed: int = 0
 def _balls(grid: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> sp.csr_matrix:
     """(voxels, balls) weights falling linearly from 1 at each centre to 0 at its radius."""
     rows, cols, values = [], [], []
-    for column, (centre, r) in enumerate(zip(centres, radii)):
+    for column, (centre, r) in enumerate(zip(centres, radii, strict=True)):
         distance = np.linalg.norm(grid - centre, axis=1)
         inside = np.flatnonzero(distance < r)
         rows.append(inside)

@@ -72,7 +72,7 @@ def _figure(errors: pd.DataFrame, atlas: Atlas, path: Path) -> None:
     views = [("anterior view (x, z)", inside.any(axis=1), "x", "z", (*extent_x, *extent_z)),
              ("view from the patient's right (y, z)", inside.any(axis=2), "y", "z",
               (*extent_y, *extent_z))]
-    for ax, (title, silhouette, a, b, extent) in zip(axes, views):
+    for ax, (title, silhouette, a, b, extent) in zip(axes, views, strict=True):
         ax.imshow(silhouette, origin="lower", extent=extent, cmap="Greys", alpha=0.25)
         for _, row in errors.iterrows():
             ax.plot([row[f"true_{a}_mm"], row[f"centre_{a}_mm"]],

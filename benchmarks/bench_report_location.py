@@ -51,8 +51,8 @@ def score(items: list[dict]) -> tuple[pd.DataFrame, float]:
     for field in FIELDS:
         truth = [item[field] for item in items]
         said = [getattr(f, field) for f in found]
-        stated = [(t, s) for t, s in zip(truth, said) if t is not None]
-        unstated = [s for t, s in zip(truth, said) if t is None]
+        stated = [(t, s) for t, s in zip(truth, said, strict=True) if t is not None]
+        unstated = [s for t, s in zip(truth, said, strict=True) if t is None]
         rows.append({
             "field": field, "n": len(stated),
             "accuracy": (sum(t == s for t, s in stated) / len(stated)) if stated else None,

@@ -180,7 +180,7 @@ def write_baseline(folder: Path, site: Path, view: dict) -> None:
     points = read_points_csv(CSV)
     atlas = published_points_to_atlas(points, Atlas.default())  # as build_site places them
     world = [[x, z, -y] for x, y, z in atlas.tolist()]  # viewer.js atlasToWorld
-    rows = [xyz + rgb for xyz, rgb in zip(world, points[list("rgb")].values.tolist())]
+    rows = [xyz + rgb for xyz, rgb in zip(world, points[list("rgb")].values.tolist(), strict=True)]
     camera = view["camera"]
     (folder / "index.html").write_text(BASELINE_HTML.format(
         points=json.dumps(rows), width=view["canvas"][0], height=view["canvas"][1],

@@ -43,7 +43,7 @@ VIEWS = ("transverse", "longitudinal")
 def heatmap_quality(cases, index, maps, manifest) -> tuple[np.ndarray, np.ndarray]:
     """Per image: heatmap mass fraction inside the thyroid, peak distance to the nodule (mm)."""
     mass, distance = [], []
-    for position, cam in zip(index, maps):
+    for position, cam in zip(index, maps, strict=True):
         row = cases.table.iloc[position]
         heat = to_image_space(cam, cases.geometries[position])
         thyroid = read_mask(manifest.path(row, "thyroid_mask"))

@@ -39,7 +39,8 @@ def main() -> None:
         seen[row["patient_id"], row["nodule_id"], row["view"]] = max(
             depth[nodule].min() - 1, 0) * row["pixel_spacing_mm"]
     for view in ("transverse", "longitudinal"):
-        truth[view] = [seen[p, n, view] for p, n in zip(truth["patient_id"], truth["nodule_id"])]
+        truth[view] = [seen[p, n, view] for p, n in zip(truth["patient_id"], truth["nodule_id"],
+                                                         strict=True)]
     truth["both views (minimum)"] = truth[["transverse", "longitudinal"]].min(axis=1)
     base = pd.get_dummies(truth[["lobe_third", "echogenicity", "margin", "sex"]]).astype(float)
     for column in ("diameter_mm", "taller_than_wide", "microcalcification", "age_years"):

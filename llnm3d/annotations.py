@@ -60,10 +60,10 @@ def box_problem(row, image_path: str | os.PathLike) -> str | None:
     cells = _cells(row)
     if not any(cells):
         return None
-    missing = [column for column, cell in zip(BOX_COLUMNS, cells) if not cell]
+    missing = [column for column, cell in zip(BOX_COLUMNS, cells, strict=True) if not cell]
     if missing:
         return f"nodule box incomplete ({', '.join(missing)} empty)"
-    for column, cell in zip(BOX_COLUMNS, cells):
+    for column, cell in zip(BOX_COLUMNS, cells, strict=True):
         try:
             number = float(cell)
         except ValueError:

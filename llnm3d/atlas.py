@@ -152,7 +152,7 @@ class Atlas:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def default(cls, spacing_mm: float = 0.5) -> "Atlas":
+    def default(cls, spacing_mm: float = 0.5) -> Atlas:
         """The bundled atlas (the parametric thyroid of :mod:`llnm3d.anatomy`).
 
         Built on first use (about a second at 0.5 mm) and cached per spacing; the cached arrays
@@ -161,7 +161,7 @@ class Atlas:
         return _default_atlas(float(_check_spacing(spacing_mm)))
 
     @classmethod
-    def from_shape(cls, shape: ThyroidShape | None = None, spacing_mm: float = 0.5) -> "Atlas":
+    def from_shape(cls, shape: ThyroidShape | None = None, spacing_mm: float = 0.5) -> Atlas:
         """Voxelise a parametric :class:`~llnm3d.anatomy.ThyroidShape` at ``spacing_mm``
         (:data:`MIN_SPACING_MM` to :data:`MAX_SPACING_MM`)."""
         _check_spacing(spacing_mm)
@@ -341,7 +341,7 @@ class Atlas:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Atlas":
+    def load(cls, path: str | Path) -> Atlas:
         """Read an atlas folder written by :meth:`save` (or a user's own with the same files).
 
         ``labels.nii.gz`` is required. Missing pieces are derived: the signed distance from the

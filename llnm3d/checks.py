@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Iterable
+from collections.abc import Iterable
 
 from .io import InputError
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Iterator, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -29,7 +30,7 @@ AllowOutsideOption = Annotated[bool, typer.Option(
     help="Allow manifest file paths that lead outside the manifest's folder (refused by "
          "default).")]
 
-AtlasOption = Annotated[Optional[Path], typer.Option(
+AtlasOption = Annotated[Path | None, typer.Option(
     "--atlas", help="Atlas folder (from `llnm3d atlas`); default: the bundled atlas.")]
 
 
@@ -146,11 +147,11 @@ def phantom(
     out: Annotated[Path, typer.Option(help="Output cohort folder.")],
     patients: Annotated[int, typer.Option(help="Number of patients.")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    risk_spec: Annotated[Optional[Path], typer.Option(
+    risk_spec: Annotated[Path | None, typer.Option(
         help="Risk spec JSON (see llnm3d.phantom.risk); default: the bundled spec.")] = None,
     atlas_path: AtlasOption = None,
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all "
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all "
                                                         "cores).")] = None,
 ) -> None:
     """Generate a synthetic cohort with planted truth (manifest, PNG images and masks,
@@ -200,7 +201,7 @@ def section(
 @app.command("check-manifest")
 def check_manifest(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
-    stage: Annotated[Optional[list[str]], typer.Option(
+    stage: Annotated[list[str] | None, typer.Option(
         help="A stage the manifest must be ready for (heatmap, register, aggregate, train; "
              "repeatable): exit 1 when it is not.")] = None,
     allow_outside: AllowOutsideOption = False,
@@ -278,7 +279,7 @@ def train(
     modality_dropout: Annotated[float, typer.Option(
         help="Per-case probability of hiding each optional input (thyroid mask, report, age, "
              "sex) during training.")] = 0.15,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if "
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if "
                                                        "available).")] = None,
     allow_outside: AllowOutsideOption = False,
 ) -> None:
@@ -301,10 +302,10 @@ def train(
 def heatmap(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
-    model_dir: Annotated[Optional[Path], typer.Option(
+    model_dir: Annotated[Path | None, typer.Option(
         help="Folder with transverse.* and longitudinal.* models (default: bundled).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per GradCAM++ pass.")] = 16,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if "
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if "
                                                        "available).")] = None,
     resize_masks: ResizeMasksOption = False,
     layer: Annotated[str, typer.Option(
@@ -328,14 +329,14 @@ def heatmap(
 def register(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
     out: Annotated[Path, typer.Option(help="Output folder (patches/, qc.csv, register.json).")],
-    heatmaps: Annotated[Optional[Path], typer.Option(
+    heatmaps: Annotated[Path | None, typer.Option(
         help="Output folder of `llnm3d heatmap` for this manifest; without it, patches carry "
              "the fused nodule mask only.")] = None,
     atlas_path: AtlasOption = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Worker processes (default: all cores); with --scheduler local, Dask workers.")
     ] = None,
-    scheduler: Annotated[Optional[str], typer.Option(
+    scheduler: Annotated[str | None, typer.Option(
         help="Dask scheduler address (tcp://host:8786; workers must see the same files), or "
              "'local' for a local Dask cluster. Results are identical to local processes.")
     ] = None,
@@ -390,11 +391,11 @@ def aggregate(
     seed: Annotated[int, typer.Option(help="Seed of the permutations.")] = 0,
     update: Annotated[bool, typer.Option(
         help="Add nodules not yet in OUT's result to it.")] = False,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Worker processes for the accumulation (default: all cores).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(
+    scheduler: Annotated[str | None, typer.Option(
         help="Dask scheduler address, or 'local'; the result does not depend on it.")] = None,
-    device: Annotated[Optional[str], typer.Option(
+    device: Annotated[str | None, typer.Option(
         help="torch device of the permutations (default: cuda if available).")] = None,
     tfce: Annotated[bool, typer.Option(
         help="Threshold-free cluster enhancement of the t-map, family-wise p by the same "
@@ -407,12 +408,12 @@ def aggregate(
     adjust_extent: Annotated[bool, typer.Option(
         help="Adjust the t-test for footprint extent (log voxels), the lesion-volume "
              "correction.")] = True,
-    contrast: Annotated[Optional[str], typer.Option(
+    contrast: Annotated[str | None, typer.Option(
         help="Compare two groups: a qc.csv column with two levels (sex), source (the "
              "registration folder) or a column of --contrast-manifest. Adds contrast_* maps: "
              "each group's risk, the difference with intervals, the interaction test.")
     ] = None,
-    contrast_manifest: Annotated[Optional[Path], typer.Option(
+    contrast_manifest: Annotated[Path | None, typer.Option(
         help="Manifest (CSV) holding the --contrast column, joined on patient and nodule.")
     ] = None,
 ) -> None:
@@ -441,10 +442,10 @@ def aggregate(
                                 "accumulated everything again"] if changed else []))
 
 
-LevelsOption = Annotated[Optional[str], typer.Option(
+LevelsOption = Annotated[str | None, typer.Option(
     help="Comma-separated isosurface probabilities, e.g. 0.4,0.5 (default: the 75th and 95th "
          "percentiles of the shown voxels).")]
-PublishMinCasesOption = Annotated[Optional[int], typer.Option(
+PublishMinCasesOption = Annotated[int | None, typer.Option(
     "--min-cases", help="Publish only voxels and table rows with at least this many nodules "
                         "(default: the aggregation's --min-cases; never below it, nor below "
                         "5, the publishing floor).")]
@@ -491,14 +492,14 @@ def export_command(
 @app.command("build-site")
 def build_site_command(
     out: Annotated[Path, typer.Option(help="Site folder (replaced as a whole).")] = Path("site"),
-    stats: Annotated[Optional[Path], typer.Option(
+    stats: Annotated[Path | None, typer.Option(
         help="Output folder of `llnm3d aggregate`.")] = None,
-    points: Annotated[Optional[Path], typer.Option(
+    points: Annotated[Path | None, typer.Option(
         help="A point CSV (x,y,z,r,g,b), e.g. the published LLNM-Net points, shown as a "
              "layer beside the atlas (or alone).")] = None,
     atlas_path: AtlasOption = None,
     title: Annotated[str, typer.Option(help="Page title (plain text).")] = "",
-    description: Annotated[Optional[str], typer.Option(
+    description: Annotated[str | None, typer.Option(
         help="Text under the title (plain text; default: the cohort in one sentence).")] = None,
     levels: LevelsOption = None,
     min_cases: PublishMinCasesOption = None,
@@ -584,12 +585,12 @@ def import_dicom_command(
                                                 "recursively).")],
     out: Annotated[Path, typer.Option(help="Cohort folder (manifest.csv, images/); a re-run "
                                            "imports only new or changed files.")],
-    key: Annotated[Optional[Path], typer.Option(
+    key: Annotated[Path | None, typer.Option(
         help="Private key file mapping opaque ids back to patients, outside --out (default: "
              "OUT.dicom-key.json beside it). Keep it; later imports into OUT need it.")] = None,
-    frame: Annotated[Optional[int], typer.Option(
+    frame: Annotated[int | None, typer.Option(
         help="Frame of multi-frame files, 0-based (default: the middle frame).")] = None,
-    annotations: Annotated[Optional[Path], typer.Option(
+    annotations: Annotated[Path | None, typer.Option(
         help="CSV with a 'file' column (path relative to SOURCE) and manifest columns to "
              "fill in (nodule_id, view, side, label, ...).")] = None,
 ) -> None:

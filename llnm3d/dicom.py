@@ -490,7 +490,7 @@ def _case_row(image: UltrasoundImage, case_id: str, secret: bytes) -> dict:
 def _opaque_id(secret: bytes, prefix: str, value: str) -> str:
     """``prefix`` and 16 hex digits of HMAC-SHA256(secret, prefix:value): the same value gives
     the same id under one key; without the key the value cannot be recovered or tested."""
-    mac = hmac.new(secret, f"{prefix}:{value}".encode("utf-8"), hashlib.sha256)
+    mac = hmac.new(secret, f"{prefix}:{value}".encode(), hashlib.sha256)
     return f"{prefix}{mac.hexdigest()[:16]}"
 
 

@@ -231,7 +231,7 @@ def _matching_atlas(stats: Stats) -> Atlas:
     return atlas
 
 
-def web_surface(atlas: Atlas, spacing_mm: float) -> "trimesh.Trimesh":  # noqa: F821
+def web_surface(atlas: Atlas, spacing_mm: float) -> trimesh.Trimesh:  # noqa: F821
     """The capsule surface remeshed from the signed distance at ``spacing_mm`` (coarser than
     the atlas for a light web file; the atlas's own surface when the spacing matches)."""
     step = max(1, int(round(spacing_mm / atlas.spacing_mm)))

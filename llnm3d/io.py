@@ -17,8 +17,9 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -210,7 +211,7 @@ def atomic_paths(paths: list[str | os.PathLike],
                 os.close(fd)
                 temporaries.append(Path(tmp))
             yield list(temporaries)
-            for current, tmp in zip(paths, temporaries):
+            for current, tmp in zip(paths, temporaries, strict=True):
                 try:
                     _verify(tmp, "".join(current.suffixes))
                 except OSError:
@@ -221,7 +222,7 @@ def atomic_paths(paths: list[str | os.PathLike],
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())
                 os.chmod(tmp, _FILE_MODE if mode is None else mode)
-            for current, tmp in zip(paths, temporaries):
+            for current, tmp in zip(paths, temporaries, strict=True):
                 os.replace(tmp, current)
             for folder in {p.parent for p in paths}:
                 _fsync_dir(folder)

@@ -249,7 +249,8 @@ def _register(manifest: Manifest, mismatched: set[str]) -> StageReadiness:
                            & _text(table, "front_back").isin(COARSE_DEPTHS))
     labels = (nodule["label"].transform("nunique") if "label" in table
               else pd.Series(0, index=table.index))
-    in_rejected = pd.Series([key in rejected.index for key in zip(*map(table.get, keys))],
+    in_rejected = pd.Series([key in rejected.index
+                             for key in zip(*map(table.get, keys), strict=True)],
                             index=table.index)
     resized = table["case_id"].isin(mismatched)
     # register's checks of a nodule in its order (the first one failed is the nodule's
@@ -271,7 +272,8 @@ def _register(manifest: Manifest, mismatched: set[str]) -> StageReadiness:
         decided |= hit
         if hit.any():
             rows = table[hit & (True if named is None else named)]
-            ids = (rejected.loc[list(dict.fromkeys(zip(*map(rows.get, keys))))].tolist()
+            keys_seen = dict.fromkeys(zip(*map(rows.get, keys), strict=True))
+            ids = (rejected.loc[list(keys_seen)].tolist()
                    if problem == ROW_PROBLEM else rows["case_id"].tolist())
             found[problem] = (table[hit].groupby(keys).ngroups, ids)
     # nodules none of whose rows is valid fail with the problem of their rows

@@ -72,7 +72,7 @@ class ModelConfig:
     def n_image_tokens(self) -> int:
         return self.grid**2 + 1
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.image_size % self.patch_size:
             raise InputError(f"image size {self.image_size} is not a multiple of the patch size")
         if self.hidden % self.n_heads:

@@ -14,7 +14,7 @@ import concurrent.futures
 import contextlib
 import os
 import uuid
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 

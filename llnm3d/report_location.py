@@ -44,6 +44,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from itertools import pairwise
 
 import pandas as pd
 
@@ -237,7 +238,7 @@ def _sentences(text: str) -> list[_Piece]:
     cuts.extend(i - (1 if text[i - 1:i] == "(" else 0) for i in items)
     cuts = sorted(set(cuts + [len(text)]))
     pieces = []
-    for start, end in zip(cuts, cuts[1:]):
+    for start, end in pairwise(cuts):
         chunk = text[start:end]
         if chunk.strip(" .;!?\n\t"):
             first = start + len(chunk) - len(chunk.lstrip())
@@ -289,7 +290,7 @@ def _split_nodules(text: str, piece: _Piece, starts: list[int]) -> list[_Piece]:
     "while", "whereas" or comma before each nodule after the first (before the location
     words that come ahead of the noun: "..., and in the left lower pole a 5 mm nodule")."""
     cuts = [piece.start]
-    for previous, start in zip(starts, starts[1:]):
+    for previous, start in pairwise(starts):
         between = text[previous:start]
         joins = [m for m in re.finditer(rf"{_JOIN.pattern}|[,;]", between)]
         words = [m for m in joins if m.group()[0].isalpha()]
@@ -297,7 +298,7 @@ def _split_nodules(text: str, piece: _Piece, starts: list[int]) -> list[_Piece]:
         cuts.append(previous + chosen.start() if chosen else start)
     cuts.append(piece.end)
     return [_Piece(a, b, piece.number if i == 0 else None)
-            for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+            for i, (a, b) in enumerate(pairwise(cuts))]
 
 
 def _negated(text: str, position: int, floor: int) -> bool:
@@ -367,7 +368,7 @@ def _capsule(text: str, pieces: list[_Piece]) -> tuple[bool | None, bool | None]
         if not _CAPSULE_WORD.search(text, piece.start, piece.end):
             continue
 
-        def stated(match: re.Match) -> bool:
+        def stated(match: re.Match, piece: _Piece = piece) -> bool:
             after = text[match.end():min(piece.end, match.end() + 30)]
             return not (_negated(text, match.start(), piece.start) or _POST_NEGATION.match(after))
 

@@ -27,7 +27,7 @@ def corpus(cohort, tmp_path_factory):
     table["scanner"] = "GE Logiq"  # an unknown column: kept, harmless
     transverse = table[table["view"] == "transverse"]["case_id"].tolist()
     broken = dict(zip(["truncated", "wrong_size", "grey_mask", "negative_age", "empty_report",
-                       "duplicate"], transverse))
+                       "duplicate"], transverse, strict=False))
 
     def row(case):
         return table.index[table["case_id"] == case][0]

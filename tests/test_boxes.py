@@ -164,7 +164,7 @@ def test_a_cohort_with_boxes_only_registers_and_is_flagged(cohort, atlas, tmp_pa
     assert boxes["reason"].str.contains(BOX_NOTE, regex=False).all()
     assert not masks["reason"].str.contains(BOX_NOTE, regex=False).any()
     # Each case of the nodule is named in its flag.
-    for nodule, row in boxes.iterrows():
+    for _, row in boxes.iterrows():
         assert row["transverse_case_id"] in row["reason"]
     # The ellipse has the mask's centre up to the nodule's shape: the registered centres agree.
     columns = ["centre_x_mm", "centre_y_mm", "centre_z_mm"]

@@ -56,7 +56,7 @@ def two_groups(n: int, strength_a: float, strength_b: float, seed: int):
     y = (rng.random(n) < risk).astype(float)
     radius = rng.uniform(2.0, 4.0, n)
     rows, cols = [], []
-    for index, (centre, r) in enumerate(zip(centres, radius)):
+    for index, (centre, r) in enumerate(zip(centres, radius, strict=True)):
         inside = np.flatnonzero(np.sum((points - centre) ** 2, axis=1) <= r * r)
         rows.append(np.full(len(inside), index))
         cols.append(inside)
@@ -136,7 +136,7 @@ def test_difference_interval_is_the_posterior_quantiles_and_covers():
         [2.0, 1.5, -2.0, 0.5], [-1.0, 0.1, -1.0, 0.1], [-1.0, 0.01, 1.0, 2.0]])
     low, high = difference_interval(*cases.T)
     rng = np.random.default_rng(0)
-    for case, lo, hi in zip(cases, low, high):
+    for case, lo, hi in zip(cases, low, high, strict=True):
         draws = (expit(case[2] + case[3] * rng.standard_normal(1_000_000))
                  - expit(case[0] + case[1] * rng.standard_normal(1_000_000)))
         reference = np.quantile(draws, [0.025, 0.975])

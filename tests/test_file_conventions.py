@@ -154,7 +154,7 @@ def test_export_in_metres_scales_positions_and_passes_the_validator(publishable_
         assert (mm_doc["asset"]["extras"]["units"], m_doc["asset"]["extras"]["units"]) == (
             "mm", "m")
         assert len(mm_doc["nodes"]) == len(m_doc["nodes"]) > 1
-        for mm_node, m_node in zip(mm_doc["nodes"][1:], m_doc["nodes"][1:]):
+        for mm_node, m_node in zip(mm_doc["nodes"][1:], m_doc["nodes"][1:], strict=True):
             mm_world = _world_points(mm_doc, mm_accessor, mm_node)
             m_world = _world_points(m_doc, m_accessor, m_node)
             np.testing.assert_allclose(m_world, 1e-3 * mm_world, rtol=1e-6, atol=1e-9)

@@ -135,7 +135,8 @@ def test_accuracy_floor_on_generated_reports(kind, side_floor, third_floor):
     items = _corpus_module().corpus(kind, 300, seed=1)
     found = [parse_location(item["report"], item["nodule_id"]) for item in items]
     for field, floor in (("side", side_floor), ("lobe_third", third_floor)):
-        accuracy = np.mean([getattr(f, field) == item[field] for f, item in zip(found, items)])
+        accuracy = np.mean([getattr(f, field) == item[field]
+                            for f, item in zip(found, items, strict=True)])
         assert accuracy >= floor, (field, accuracy)
 
 

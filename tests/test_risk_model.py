@@ -46,7 +46,7 @@ def synthetic_cohort(n: int, strength: float, seed: int, wide_negatives: bool = 
     y = (rng.random(n) < spot(centres, strength)).astype(float)
     radius = rng.uniform(2.0, 4.0, n) * np.where(wide_negatives & (y == 0), 2.0, 1.0)
     rows, cols = [], []
-    for index, (centre, r) in enumerate(zip(centres, radius)):
+    for index, (centre, r) in enumerate(zip(centres, radius, strict=True)):
         inside = np.flatnonzero(np.sum((points - centre) ** 2, axis=1) <= r * r)
         rows.append(np.full(len(inside), index))
         cols.append(inside)

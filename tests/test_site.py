@@ -76,8 +76,8 @@ def test_table_rows_below_min_cases_are_suppressed(built, publishable_stats_dir)
     from llnm3d import load_stats
 
     table = load_stats(publishable_stats_dir).regions
-    for cells, (_, row) in zip(regions["rows"], table.iterrows()):
-        record = dict(zip(columns, cells))
+    for cells, (_, row) in zip(regions["rows"], table.iterrows(), strict=True):
+        record = dict(zip(columns, cells, strict=True))
         assert record["region"] == row["region"]
         if row["nodules"] < data["min_cases"]:
             assert record["nodules"] is None and record["risk"] is None

@@ -37,7 +37,8 @@ def phantom_reports() -> list[str]:
                                      (("R", 11), ("R", 12), ("R", 13), ("R", 30),
                                       ("L", 21), ("L", 22), ("L", 23), ("L", 30)))
     diameters = itertools.cycle((3.0, 4.4, 6.0, 9.6, 14.5, 20.0))
-    for (echo, margin, taller, micro, (side, region)), diameter in zip(combinations, diameters):
+    for (echo, margin, taller, micro, (side, region)), diameter in zip(combinations, diameters,
+                                                                       strict=True):
         reports.append(report_text(Nodule(
             nodule_id=1, side=side, centre_mm=np.zeros(3), atlas_centre_mm=np.zeros(3),
             semi_axes_mm=np.array([diameter / 2, diameter / 3, diameter / 2.5]),

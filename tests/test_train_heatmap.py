@@ -85,7 +85,7 @@ def test_train_saves_safetensors_and_resumes_identically(cohort, tmp_path, monke
     pd.testing.assert_frame_equal(resumed["history"], full["history"])
     a, _ = load_model(tmp_path / "full" / "model")
     b, _ = load_model(tmp_path / "resumed" / "model")
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
 
 
@@ -120,7 +120,7 @@ def test_heatmaps_files_ranges_and_resume(cohort, model_dir, tmp_path):
     on_disk = pd.read_csv(tmp_path / "predictions.csv")
     assert list(on_disk.columns) == ["case_id", "patient_id", "nodule_id", "view", "probability",
                                      "heatmap_empty", "model_version"]
-    for case_id, image_path in zip(manifest["case_id"][:5], manifest["image"][:5]):
+    for case_id, image_path in zip(manifest["case_id"][:5], manifest["image"][:5], strict=True):
         heat = load_heatmap(tmp_path, case_id)
         image = np.asarray(Image.open(cohort.out_dir / image_path))
         assert heat.shape == image.shape and heat.dtype == np.float32

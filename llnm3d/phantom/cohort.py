@@ -296,12 +296,13 @@ def _case_id(patient_id: str, nodule: Nodule, view: str) -> str:
 def _truth_rows(patient: _Patient) -> list[dict]:
     rows = []
     for nodule, cov, p, label in zip(patient.nodules, patient.covariates, patient.risk,
-                                     patient.labels):
+                                     patient.labels, strict=True):
         rows.append({
             "patient_id": patient.patient_id, "nodule_id": nodule.nodule_id, "side": nodule.side,
-            **{f"centre_patient_{a}_mm": v for a, v in zip("xyz", nodule.centre_mm)},
-            **{f"centre_atlas_{a}_mm": v for a, v in zip("xyz", nodule.atlas_centre_mm)},
-            **{f"semi_axis_{a}_mm": v for a, v in zip("xyz", nodule.semi_axes_mm)},
+            **{f"centre_patient_{a}_mm": v for a, v in zip("xyz", nodule.centre_mm, strict=True)},
+            **{f"centre_atlas_{a}_mm": v
+               for a, v in zip("xyz", nodule.atlas_centre_mm, strict=True)},
+            **{f"semi_axis_{a}_mm": v for a, v in zip("xyz", nodule.semi_axes_mm, strict=True)},
             "rotation_z_deg": nodule.rotation_z_deg,
             "region": nodule.region, "region_name": REGION_NAMES.get(nodule.region, "outside"),
             **cov,
@@ -318,7 +319,7 @@ def _render_patient(patient: _Patient) -> list[dict]:
     atlas, out_dir = _WORKER["atlas"], _WORKER["out_dir"]
     streams = iter(patient.image_streams)
     rows = []
-    for nodule, label in zip(patient.nodules, patient.labels):
+    for nodule, label in zip(patient.nodules, patient.labels, strict=True):
         report = report_text(nodule)
         for view in VIEWS:
             case_id = _case_id(patient.patient_id, nodule, view)

@@ -42,7 +42,7 @@ class PatientDeformation:
     @classmethod
     def random(cls, rng: np.random.Generator, lobe_centres_mm: dict[int, np.ndarray],
                global_scale_range: float = 0.15, lobe_scale_range: float = 0.10,
-               rotation_deg: float = 5.0, warp_amplitude_mm: float = 0.8) -> "PatientDeformation":
+               rotation_deg: float = 5.0, warp_amplitude_mm: float = 0.8) -> PatientDeformation:
         """Draw a deformation; ``lobe_centres_mm`` maps 1 (right) and 2 (left) to atlas centres."""
         amplitudes, wavevectors = [], []
         for _ in range(3):
@@ -65,7 +65,7 @@ class PatientDeformation:
         )
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PatientDeformation":
+    def from_dict(cls, data: dict) -> PatientDeformation:
         return cls(**{k: _tuples(v) for k, v in data.items()})
 
     def as_dict(self) -> dict:

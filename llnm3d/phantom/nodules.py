@@ -73,7 +73,7 @@ class Nodule:
         for axis, freq, amp, phase in zip(self.margin_waves.get("axes", []),
                                           self.margin_waves.get("frequencies", []),
                                           self.margin_waves.get("amplitudes", []),
-                                          self.margin_waves.get("phases", [])):
+                                          self.margin_waves.get("phases", []), strict=True):
             scale += amp * np.cos(freq * directions @ np.asarray(axis) + phase)
         return scale
 

@@ -72,7 +72,7 @@ class RiskSpec:
     source: str = "<dict>"
 
     @classmethod
-    def default(cls) -> "RiskSpec":
+    def default(cls) -> RiskSpec:
         """The bundled spec: risk sharply higher within 2.5 mm of the capsule, upper and middle
         thirds above the lower third, plus size, morphology, age and sex effects; prevalence
         near 50 % on phantom cohorts."""
@@ -80,12 +80,12 @@ class RiskSpec:
         return cls.from_dict(json.loads(text), source="default risk spec")
 
     @classmethod
-    def load(cls, path: str | Path) -> "RiskSpec":
+    def load(cls, path: str | Path) -> RiskSpec:
         """Read and validate a spec file; raises :class:`InputError` naming the problem."""
         return cls.from_dict(read_json(path), source=str(path))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> "RiskSpec":
+    def from_dict(cls, data: dict, source: str = "<dict>") -> RiskSpec:
         _validate(data, source)
         return cls(data=data, source=source)
 

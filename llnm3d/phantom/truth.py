@@ -66,7 +66,7 @@ def registration_errors(qc: pd.DataFrame, phantom_dir: str | Path, atlas: Atlas,
                   "capsule_distance_mm": row["capsule_distance_mm"],
                   "diameter_true_mm": row["diameter_mm_true"], "diameter_mm": row["diameter_mm"],
                   "side": row["side"]}
-        for axis, value in zip("xyz", true_centre):
+        for axis, value in zip("xyz", true_centre, strict=True):
             result[f"true_{axis}_mm"] = value
         if patches is not None:
             patch = patches(row["nodule"])
@@ -76,8 +76,10 @@ def registration_errors(qc: pd.DataFrame, phantom_dir: str | Path, atlas: Atlas,
             box = _union_box(patch, true_centre, row, atlas, margin)
             truth_mask = true_nodule_mask(row, deformation, atlas, box)
             fused = np.zeros(truth_mask.shape, bool)
-            offset = [p.start - b.start for p, b in zip(patch.slices, box)]
-            fused[tuple(slice(o, o + n) for o, n in zip(offset, patch.mask.shape))] = patch.mask
+            offset = [p.start - b.start for p, b in zip(patch.slices, box, strict=True)]
+            inside = tuple(slice(o, o + n)
+                           for o, n in zip(offset, patch.mask.shape, strict=True))
+            fused[inside] = patch.mask
             total = fused.sum() + truth_mask.sum()
             result["nodule_dice"] = 2 * (fused & truth_mask).sum() / total if total else np.nan
         rows.append(result)
@@ -88,9 +90,11 @@ def _union_box(patch, centre_mm, row, atlas, margin):
     """Atlas-grid box holding the patch and the true nodule's bounding sphere."""
     reach = max(row[f"semi_axis_{a}_mm"] for a in "xyz") * 1.5 / atlas.spacing_mm + margin
     centre = atlas.world_to_voxel(centre_mm)[0][::-1]
-    lo = [min(p.start, int(np.floor(c - reach))) for p, c in zip(patch.slices, centre)]
-    hi = [max(p.stop, int(np.ceil(c + reach)) + 1) for p, c in zip(patch.slices, centre)]
-    return tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(lo, hi, atlas.labels.shape))
+    lo = [min(p.start, int(np.floor(c - reach))) for p, c in zip(patch.slices, centre, strict=True)]
+    hi = [max(p.stop, int(np.ceil(c + reach)) + 1)
+          for p, c in zip(patch.slices, centre, strict=True)]
+    return tuple(slice(max(a, 0), min(b, n))
+                 for a, b, n in zip(lo, hi, atlas.labels.shape, strict=True))
 
 
 def planted_risk_map(stats, registered, phantom_dir: str | Path, atlas: Atlas) -> np.ndarray:
@@ -185,13 +189,14 @@ def truth_risk_map(spec, rows: pd.DataFrame, atlas: Atlas, max_rows: int = 400,
     # terms of its edge depth (place and nodule together); only the last need each pair.
     terms = spec.data["terms"]
     covariate = [term.get("covariate", "x_mm") for term in terms]  # gaussian: the position
-    at_place = sum((_term_value(t, place) for t, c in zip(terms, covariate)
+    at_place = sum((_term_value(t, place) for t, c in zip(terms, covariate, strict=True)
                     if c in _SPATIAL and c != "capsule_distance_mm"), np.zeros(len(voxels)))
-    own = sum((_term_value(t, rows) for t, c in zip(terms, covariate) if c not in _SPATIAL),
+    own = sum((_term_value(t, rows) for t, c in zip(terms, covariate, strict=True)
+               if c not in _SPATIAL),
               np.full(len(rows), float(spec.data["intercept"])))
-    edge_terms = [t for t, c in zip(terms, covariate) if c == "capsule_distance_mm"]
+    edge_terms = [t for t, c in zip(terms, covariate, strict=True) if c == "capsule_distance_mm"]
     total = np.zeros(len(voxels))
-    for offset, own_logit in zip(offsets, own):
+    for offset, own_logit in zip(offsets, own, strict=True):
         edge = pd.DataFrame({"capsule_distance_mm": np.maximum(depth - offset, 0.0)})
         logit = at_place + own_logit + sum((_term_value(t, edge) for t in edge_terms), 0.0)
         total += 1.0 / (1.0 + np.exp(-logit))

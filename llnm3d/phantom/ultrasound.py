@@ -50,7 +50,7 @@ class ViewPlane:
 
     @classmethod
     def through(cls, view: str, centre_mm: np.ndarray, skin_y_mm: float, spacing_mm: float,
-                shape: tuple[int, int], lateral_offset_mm: float) -> "ViewPlane":
+                shape: tuple[int, int], lateral_offset_mm: float) -> ViewPlane:
         """Plane of ``view`` through ``centre_mm`` with the probe on the skin at ``skin_y_mm``;
         the image centre is shifted sideways by ``lateral_offset_mm`` from the point."""
         half_width = (shape[1] - 1) / 2 * spacing_mm

@@ -20,9 +20,9 @@ its own inputs, so the results do not depend on where or in which order they ran
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

@@ -69,7 +69,8 @@ class Patch:
     @property
     def slices(self) -> tuple[slice, slice, slice]:
         """Index of the box in an atlas-shaped array."""
-        return tuple(slice(int(s), int(s) + n) for s, n in zip(self.start_zyx, self.mask.shape))
+        return tuple(slice(int(s), int(s) + n)
+                     for s, n in zip(self.start_zyx, self.mask.shape, strict=True))
 
     def to_dense(self, which: str = "mask") -> np.ndarray:
         """The patch pasted into a zero atlas-shaped volume (float32)."""
@@ -244,7 +245,7 @@ def fuse_views(images: dict[str, ViewImage], nodule: NoduleRegistration, atlas: 
         heatmap = fused.astype(np.float16)
         keep = mask | (heatmap > 0)
     crop = _bounding_box(keep)
-    start = np.array([b.start + c.start for b, c in zip(box, crop)], dtype=np.int64)
+    start = np.array([b.start + c.start for b, c in zip(box, crop, strict=True)], dtype=np.int64)
     return Patch(start, np.ascontiguousarray(mask[crop]),
                  None if heatmap is None else np.ascontiguousarray(heatmap[crop]),
                  grid_signature(atlas))

@@ -71,10 +71,10 @@ class Accumulator:
         return set(self.nodules) | set(self.empty_nodules)
 
     @classmethod
-    def zeros(cls, n_domain: int) -> "Accumulator":
+    def zeros(cls, n_domain: int) -> Accumulator:
         return cls({name: np.zeros(n_domain) for name in SUM_NAMES})
 
-    def merge(self, other: "Accumulator") -> "Accumulator":
+    def merge(self, other: Accumulator) -> Accumulator:
         """Add ``other`` into this accumulator (in place) and return it."""
         overlap = self.seen & other.seen
         if overlap:
@@ -93,7 +93,7 @@ class Accumulator:
                   outside_weight=self.outside_weight, extra=to_json(extra or {}))
 
     @classmethod
-    def load(cls, path: Path) -> tuple["Accumulator", dict]:
+    def load(cls, path: Path) -> tuple[Accumulator, dict]:
         with np.load(path) as data:
             sums = {name: data[name] for name in SUM_NAMES}
             lists = [json.loads(str(data[key])) for key in ("nodules", "empty_nodules")]

@@ -182,7 +182,7 @@ def manifest_column(manifest_path: str | Path, column: str) -> pd.Series:
     table = read_manifest(manifest_path).table
     if column not in table.columns:
         raise InputError(f"{manifest_path}: manifest has no column {column!r} for the contrast")
-    keys = [nodule_key(p, n) for p, n in zip(table["patient_id"], table["nodule_id"])]
+    keys = [nodule_key(p, n) for p, n in zip(table["patient_id"], table["nodule_id"], strict=True)]
     values = pd.Series(contrast_values(table[column]).to_numpy(), index=keys, name=column)
     filled = values[values != ""]
     distinct = filled.groupby(level=0).unique()

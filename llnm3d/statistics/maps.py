@@ -233,7 +233,7 @@ class Stats:
                                       MAP_DESCRIPTIONS.get(name, ""))
                 temporaries[len(names) + index].write_text(json_document(sidecar),
                                                            encoding="utf-8")
-            for tmp, table in zip(temporaries[2 * len(names):], tables.values()):
+            for tmp, table in zip(temporaries[2 * len(names):-1], tables.values(), strict=True):
                 table.to_csv(tmp, index=False)
             # The tables listed are the tables written, whatever the summary was built with.
             summary = {**self.summary, "tables": list(self.tables)}
@@ -712,7 +712,8 @@ def estimate_risk(estimator: str, footprints: sp.spmatrix, nodules: pd.DataFrame
         "log_lambda": fit.log_lambda, "edf": fit.edf, "max_edf": fit.max_edf,
         "laml": fit.laml,
         "search": [[r, v] for r, v in fit.search], "simultaneous_z": fit.simultaneous_z,
-        "covariates": {name: float(b) for name, b in zip(covariates, fit.covariate_effects)},
+        "covariates": {name: float(b)
+                       for name, b in zip(covariates, fit.covariate_effects, strict=True)},
         "cohort_rate": rate, "left_minus_right_lobe": lobes}
 
 
@@ -836,7 +837,7 @@ def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray
     if failures:
         key, reason = failures[0]
         raise InputError(f"cannot read the patches of {key}: {reason}")
-    rows, cols, values = (np.concatenate(parts) for parts in zip(*pieces))
+    rows, cols, values = (np.concatenate(parts) for parts in zip(*pieces, strict=True))
     matrix = sp.coo_matrix((values, (rows, cols)), shape=(len(tested), len(included)))
     return matrix.tocsr()
 

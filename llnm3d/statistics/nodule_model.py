@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -143,7 +144,7 @@ def nodule_model_table(nodules: pd.DataFrame, bins_mm=DEFAULT_BINS_MM,
                                     for name in covariates))
     frame = prepare_nodules(nodules, edges)
     adjust = [COVARIATE_TERMS[name] for name in covariates]
-    bin_names = tuple(bin_name(low, high) for low, high in zip(edges[:-1], edges[1:]))
+    bin_names = tuple(bin_name(low, high) for low, high in pairwise(edges))
     capsule_terms = {
         "capsule_bins": Term("capsule_distance", "capsule_bin", bin_names,
                              reference=bin_names[::-1], required=True),
@@ -179,7 +180,7 @@ def prepare_nodules(nodules: pd.DataFrame, edges_mm: np.ndarray) -> pd.DataFrame
     distance = _numbers(nodules, "capsule_distance_mm")
     index = np.searchsorted(edges_mm, distance.to_numpy(), side="right") - 1
     in_bins = distance.notna().to_numpy() & (index >= 0) & (index < len(edges_mm) - 1)
-    names = [bin_name(low, high) for low, high in zip(edges_mm[:-1], edges_mm[1:])]
+    names = [bin_name(low, high) for low, high in pairwise(edges_mm)]
     code = _numbers(nodules, "region")
     size = _numbers(nodules, "diameter_mm")
     age = _numbers(nodules, "age")
@@ -192,7 +193,8 @@ def prepare_nodules(nodules: pd.DataFrame, edges_mm: np.ndarray) -> pd.DataFrame
     return pd.DataFrame({
         "label": label.where(label.isin((0.0, 1.0))),
         "capsule_distance_mm": distance.where(in_bins),
-        "capsule_bin": pd.Series([names[i] if ok else None for i, ok in zip(index, in_bins)],
+        "capsule_bin": pd.Series([names[i] if ok else None
+                                  for i, ok in zip(index, in_bins, strict=True)],
                                  index=nodules.index, dtype=object),
         "capsule_bin_index": pd.Series(np.where(in_bins, index, np.nan), index=nodules.index),
         "region_level": code.map(_region_level).astype(object),
@@ -437,7 +439,7 @@ def _estimate_problem(fit, keys: list[tuple[str, str]]) -> str | None:
     """Why the estimates of a finished fit must not be shown (None if they may)."""
     if fit is None:
         return "see the notes above"
-    for (term, level), beta, se in zip(keys, fit.params, fit.bse):
+    for (term, level), beta, se in zip(keys, fit.params, fit.bse, strict=True):
         if term == "intercept":
             continue
         name = f"{term} {level}".strip()

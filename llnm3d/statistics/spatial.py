@@ -68,7 +68,7 @@ class SplineBasis:
 
     @classmethod
     def covering(cls, points_mm: np.ndarray, knot_spacing_mm: float = KNOT_SPACING_MM
-                 ) -> "SplineBasis":
+                 ) -> SplineBasis:
         """The basis of the functions that touch ``points_mm`` (N, 3)."""
         low = points_mm.min(axis=0) - knot_spacing_mm
         counts = tuple(int(c) for c in np.floor((points_mm.max(axis=0) - low)

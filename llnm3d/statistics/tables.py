@@ -7,6 +7,8 @@ proportion of nodules with LLNM, with a 95 % Jeffreys interval.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 
@@ -73,7 +75,7 @@ def capsule_distance_table(nodules: pd.DataFrame, bins_mm=DEFAULT_BINS_MM) -> pd
     (left-closed intervals; see :func:`check_bin_edges`)."""
     edges = check_bin_edges(bins_mm)
     rows = []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in pairwise(edges):
         inside = (nodules["capsule_distance_mm"] >= low) & (nodules["capsule_distance_mm"] < high)
         name = f">= {low:g} mm" if np.isinf(high) else f"{low:g}-{high:g} mm"
         rows.append({"bin": name, "low_mm": low, "high_mm": high,
