@@ -325,6 +325,42 @@ def heatmap(
     _report_failures(result.failures, "case")
 
 
+@app.command("heatmap-check")
+def heatmap_check(
+    manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],
+    out: Annotated[Path, typer.Option(
+        help="Output folder (checks.csv per image, summary.csv, summary.json).")],
+    model_dir: Annotated[Path | None, typer.Option(
+        help="Folder with transverse.* and longitudinal.* models (default: bundled).")] = None,
+    layer: Annotated[str, typer.Option(help="GradCAM++ layer: fused, last or bidirectional.")
+                     ] = "fused",
+    checks: Annotated[str | None, typer.Option(
+        help="Comma-separated checks (default: all): nodule_mirrored, nodule_shifted, "
+             "nodule_dilated, nodule_removed, thyroid_removed, random_head, random_blocks, "
+             "random_bidirectional, random_all.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many images per view.")
+                     ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weight randomisation.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per GradCAM++ pass.")] = 16,
+    resize_masks: ResizeMasksOption = False,
+    allow_outside: AllowOutsideOption = False,
+) -> None:
+    """Sanity checks of the heatmaps: model-weight randomisation and altered masks."""
+    from .heatmap_checks import CHECKS, check_heatmaps
+
+    with _input_errors():
+        result = check_heatmaps(
+            _read_manifest(manifest, allow_outside), out, model_dir=model_dir, layer=layer,
+            checks=tuple(checks.split(",")) if checks else CHECKS, limit=limit, seed=seed,
+            batch_size=batch_size, resize_masks=resize_masks)
+    for row in result.summary.itertuples():
+        _say(f"{row.view:12} {row.check:20} n={row.images:3} empty {row.empty_maps:3}  nodule mass "
+             f"{row.nodule_mass:.2f} (kept {row.nodule_mass_kept:.2f})  thyroid mass "
+             f"{row.thyroid_mass:.2f}  rank r {row.rank_correlation:.2f}")
+    _say(f"tables in {out}")
+    _report_failures(result.failures, "case")
+
+
 @app.command()
 def register(
     manifest: Annotated[Path, typer.Option(help="Manifest CSV.")],

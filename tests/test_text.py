@@ -38,7 +38,7 @@ def phantom_reports() -> list[str]:
                                       ("L", 21), ("L", 22), ("L", 23), ("L", 30)))
     diameters = itertools.cycle((3.0, 4.4, 6.0, 9.6, 14.5, 20.0))
     for (echo, margin, taller, micro, (side, region)), diameter in zip(combinations, diameters,
-                                                                       strict=True):
+                                                                       strict=False):
         reports.append(report_text(Nodule(
             nodule_id=1, side=side, centre_mm=np.zeros(3), atlas_centre_mm=np.zeros(3),
             semi_axes_mm=np.array([diameter / 2, diameter / 3, diameter / 2.5]),
