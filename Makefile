@@ -35,6 +35,7 @@ test: $(STAMP) $(NODE_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check llnm3d tests benchmarks
+	$(BIN)/mypy
 
 test-slow: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -m slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -137,8 +138,9 @@ def read_nodule_mask(mask_path: str | os.PathLike | None,
     ndarray of bool or None
         None when the row has neither.
     """
+    # tuple() of an image's 2D shape (callers may pass a list) keeps its two items.
     if mask_path is not None:
-        return read_mask(mask_path, tuple(shape) if resize else None)
+        return read_mask(mask_path, cast("tuple[int, int]", tuple(shape)) if resize else None)
     if box_px is not None:
-        return ellipse_mask(box_px, tuple(shape))
+        return ellipse_mask(box_px, cast("tuple[int, int]", tuple(shape)))
     return None

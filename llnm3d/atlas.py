@@ -27,6 +27,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import trimesh
@@ -376,7 +377,8 @@ class Atlas:
             distance = signed_distance_mm(inside, spacing)
         surface_file = path / "capsule.stl"
         if surface_file.exists():
-            surface = trimesh.load(surface_file, force="mesh")
+            # force="mesh" makes load return one Trimesh (its stub says any geometry).
+            surface = cast(trimesh.Trimesh, trimesh.load(surface_file, force="mesh"))
         else:
             surface = surface_from_field(distance, origin, spacing)
         return cls(labels=labels, capsule_distance=distance.astype(np.float32), origin_mm=origin,

@@ -12,6 +12,7 @@ import difflib
 import math
 import numbers
 from collections.abc import Iterable
+from typing import cast
 
 from .io import InputError
 
@@ -67,7 +68,8 @@ def check_optional_workers(workers: int | None) -> None:
 
 def check_seed(seed: int, name: str = "seed") -> int:
     """Return ``seed`` if it is an integer in 0 to :data:`MAX_SEED`."""
-    return check_number(name, seed, low=0, high=MAX_SEED, integer=True)
+    # integer=True: check_number returns the value itself, an int (or a NumPy integer).
+    return cast(int, check_number(name, seed, low=0, high=MAX_SEED, integer=True))
 
 
 def check_choice(name: str, value, allowed: Iterable[str]) -> str:

@@ -9,11 +9,14 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, cast
 
 import typer
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from typer._click.exceptions import UsageError
 
 app = typer.Typer(help="3D spatial statistics of lateral lymph node metastasis in thyroid "
                        "cancer.", no_args_is_help=True, add_completion=False,
@@ -646,7 +649,9 @@ def main() -> None:
     """Console entry point: usage errors (an unknown option, a value of the wrong type) are one
     ``error:`` line too, with exit code 2."""
     # Typer raises click's UsageError, or that of the click it vendors (typer >= 0.26).
-    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    # __mro__ is typed as plain classes; this one is the UsageError typer.BadParameter derives from.
+    usage_error = cast("type[UsageError]", next(c for c in typer.BadParameter.__mro__
+                                                if c.__name__ == "UsageError"))
     try:
         code = app(standalone_mode=False)
     except usage_error as exc:

@@ -212,6 +212,8 @@ def import_dicom(source_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             if not finished:
                 image = read_ultrasound(path, frame)
                 case_id = _opaque_id(secret, "C", image.identity["SOPInstanceUID"])
+            # A finished case's id is a key of rows; any other got its id just above.
+            assert case_id is not None
             if case_id in sources:
                 raise DicomCaseError(f"the same image (SOP Instance UID) as {sources[case_id]}")
         except DicomCaseError as exc:
@@ -391,7 +393,7 @@ def to_grayscale(pixels: np.ndarray, header) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def _decode(path: Path, header, index: int | None) -> np.ndarray:
+def _decode(path: str | os.PathLike, header, index: int | None) -> np.ndarray:
     """Decode one frame (``index``; None for a single-frame file) of the file's pixel data."""
     from pydicom.pixels import get_decoder, pixel_array
 

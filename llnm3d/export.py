@@ -13,8 +13,10 @@ import json
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from ._version import __version__
@@ -33,6 +35,9 @@ from .gltf import (
 from .io import InputError, ensure_writable_dir
 from .mesh import surface_from_field
 from .statistics import Stats, load_stats
+
+if TYPE_CHECKING:
+    import trimesh
 
 DEFAULT_COLORMAP = "cividis"
 DEFAULT_FIELD_SPACING_MM = 1.0
@@ -62,7 +67,7 @@ def colormaps() -> dict[str, list[list[float]]]:
     return json.loads(text)["maps"]
 
 
-def apply_colormap(values: np.ndarray, value_range: tuple[float, float],
+def apply_colormap(values: npt.ArrayLike, value_range: tuple[float, float],
                    name: str = DEFAULT_COLORMAP) -> np.ndarray:
     """sRGB colours, shape (N, 3), of ``values`` scaled linearly over ``value_range``."""
     if name not in colormaps():
@@ -153,10 +158,11 @@ def shown_voxels(stats: Stats, min_cases: int) -> np.ndarray:
 def metadata(stats: Stats | None, min_cases: int | None, units: str = "mm", **more) -> dict:
     """``asset.extras`` / site metadata: aggregates and provenance, no ids or paths.
     ``units`` is the files' length unit (:data:`llnm3d.gltf.UNIT_SCALES`)."""
-    extras = {"generator": f"llnm3d {__version__}", "llnm3d_version": __version__,
-              "units": units, "space": f"atlas LPS {units} (+x left, +y posterior, "
-                                       "+z superior), origin at the isthmus centre",
-              "region_names": {str(k): v for k, v in REGION_NAMES.items()}}
+    extras: dict[str, Any] = {
+        "generator": f"llnm3d {__version__}", "llnm3d_version": __version__,
+        "units": units, "space": f"atlas LPS {units} (+x left, +y posterior, "
+                                 "+z superior), origin at the isthmus centre",
+        "region_names": {str(k): v for k, v in REGION_NAMES.items()}}
     if stats is not None:
         extras |= {"quantity": "LLNM probability", "nodules": stats.summary.get("nodules"),
                    "events": stats.summary.get("events"),
@@ -231,7 +237,7 @@ def _matching_atlas(stats: Stats) -> Atlas:
     return atlas
 
 
-def web_surface(atlas: Atlas, spacing_mm: float) -> trimesh.Trimesh:  # noqa: F821
+def web_surface(atlas: Atlas, spacing_mm: float) -> trimesh.Trimesh:
     """The capsule surface remeshed from the signed distance at ``spacing_mm`` (coarser than
     the atlas for a light web file; the atlas's own surface when the spacing matches)."""
     step = max(1, int(round(spacing_mm / atlas.spacing_mm)))

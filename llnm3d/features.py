@@ -273,10 +273,14 @@ def features_table(manifest: Manifest, progress: bool = True, resize_masks: bool
         thyroid_path = manifest.path(row, "thyroid_mask")
         spacing = row.get("pixel_spacing_mm")
         try:
-            image = read_grayscale(manifest.path(row, "image"))
+            image_path = manifest.path(row, "image")
+            assert image_path is not None  # read_manifest refuses rows without an image
+            image = read_grayscale(image_path)
             size = image.shape if resize_masks else None
+            nodule = read_nodule_mask(nodule_path, box_px, image.shape, resize_masks)
+            assert nodule is not None  # a mask file or a box: rows with neither skipped above
             features = nodule_features(
-                image, read_nodule_mask(nodule_path, box_px, image.shape, resize_masks),
+                image, nodule,
                 spacing_mm=None if pd.isna(spacing) else float(spacing),
                 thyroid_mask=read_mask(thyroid_path, size),
             )

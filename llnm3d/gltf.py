@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .checks import check_choice
 from .io import atomic_path
@@ -92,7 +94,7 @@ class GlbBuilder:
 
     def material(self, name: str, rgba: list[float], *, blend: bool = False,
                  double_sided: bool = False) -> int:
-        material = {"name": name, "pbrMetallicRoughness": {
+        material: dict[str, Any] = {"name": name, "pbrMetallicRoughness": {
             "baseColorFactor": [float(c) for c in rgba], "metallicFactor": 0.0,
             "roughnessFactor": 0.8}}
         if blend:
@@ -167,7 +169,7 @@ def color_bytes(rgb_linear: np.ndarray) -> np.ndarray:
     return np.rint(rgba * 255).astype(np.uint8)
 
 
-def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+def srgb_to_linear(rgb: npt.ArrayLike) -> np.ndarray:
     """sRGB components in [0, 1] to linear light (glTF vertex colours are linear)."""
     rgb = np.asarray(rgb, float)
     return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)

@@ -142,7 +142,7 @@ def _model_digests(model_dir: str | Path | None) -> dict[str, str | None]:
     return {view: file_digest(folder / f"{view}.safetensors") for view in VIEWS}
 
 
-def _write_case(out_dir: Path, cases: Cases, position: int, cam_map: np.ndarray,
+def _write_case(out_dir: Path, cases: Cases, position: int | np.integer, cam_map: np.ndarray,
                 probability: float, version: str, image_path: Path, input_digest: str) -> None:
     row = cases.table.iloc[position]
     heatmap = to_image_space(cam_map, cases.geometries[position]).clip(0, 1).astype(np.float32)
@@ -212,8 +212,10 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
             maps, probability = gradcam_batch(model, cases.batch(index, device), layer)
             for offset, position in enumerate(index):
                 row = cases.table.iloc[position]
+                image_path = manifest.path(row, "image")
+                assert image_path is not None  # read_manifest refuses rows without an image
                 _write_case(out_dir, cases, position, maps[offset], float(probability[offset]),
-                            version, manifest.path(row, "image"), digests[row["case_id"]])
+                            version, image_path, digests[row["case_id"]])
             bar.update(len(index))
         bar.close()
     predictions = _collect_predictions(out_dir, all_cases, digests)

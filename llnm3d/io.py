@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,9 @@ def _verify_zip(path: Path) -> None:
 
 def _verify_nifti(path: Path) -> None:
     image = nib.load(path)
-    np.asarray(image.dataobj)  # reads and decompresses everything; gzip checks its CRC
+    # Reads and decompresses everything; gzip checks its CRC. (nib.load is typed as returning
+    # any image; a NIfTI file's has voxel data, dataobj.)
+    np.asarray(image.dataobj)  # type: ignore[attr-defined]
 
 
 def _verify_png(path: Path) -> None:
@@ -193,25 +195,25 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
 
 
 @contextlib.contextmanager
-def atomic_paths(paths: list[str | os.PathLike],
+def atomic_paths(paths: Sequence[str | os.PathLike],
                  mode: int | None = None) -> Iterator[list[Path]]:
     """:func:`atomic_path` for files that belong together (the maps and tables of one
     result): none replaces its previous version until every one is written and checked, so a
     failure leaves the whole previous set, never a mix of old and new files."""
-    paths = [Path(p) for p in paths]
+    targets = [Path(p) for p in paths]
     temporaries: list[Path] = []
-    current = paths[0] if paths else Path(".")
+    current = targets[0] if targets else Path(".")
     try:
         try:
-            for current in paths:
+            for current in targets:
                 current.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{current.name}.",
-                                           suffix=f"{TEMPORARY_MARK}{''.join(current.suffixes)}",
-                                           dir=current.parent)
+                fd, name = tempfile.mkstemp(prefix=f".{current.name}.",
+                                            suffix=f"{TEMPORARY_MARK}{''.join(current.suffixes)}",
+                                            dir=current.parent)
                 os.close(fd)
-                temporaries.append(Path(tmp))
+                temporaries.append(Path(name))
             yield list(temporaries)
-            for current, tmp in zip(paths, temporaries, strict=True):
+            for current, tmp in zip(targets, temporaries, strict=True):
                 try:
                     _verify(tmp, "".join(current.suffixes))
                 except OSError:
@@ -222,9 +224,9 @@ def atomic_paths(paths: list[str | os.PathLike],
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())
                 os.chmod(tmp, _FILE_MODE if mode is None else mode)
-            for current, tmp in zip(paths, temporaries, strict=True):
+            for current, tmp in zip(targets, temporaries, strict=True):
                 os.replace(tmp, current)
-            for folder in {p.parent for p in paths}:
+            for folder in {p.parent for p in targets}:
                 _fsync_dir(folder)
         except OSError as exc:
             if exc.errno not in _WRITE_ERRNOS:
@@ -425,7 +427,8 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]
     # ITK's NIfTI reader turns NaN (our "masked") into 0; nibabel keeps the stored values.
     try:
         image = nib.load(path)
-        array = np.asarray(image.dataobj).transpose(2, 1, 0)
+        # nib.load is typed as returning any image; a NIfTI file's has voxel data (dataobj).
+        array = np.asarray(image.dataobj).transpose(2, 1, 0)  # type: ignore[attr-defined]
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise InputError(f"{path}: cannot read the voxel data ({exc})") from None
     return np.ascontiguousarray(array), np.array(reader.GetOrigin()), float(spacing[0])

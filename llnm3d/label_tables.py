@@ -15,7 +15,8 @@ from .io import write_text
 
 def hex_rgb(colour: str) -> tuple[int, int, int]:
     """``"#rrggbb"`` -> (r, g, b), each 0-255."""
-    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return r, g, b
 
 
 def slicer_color_table(names: dict[int, str], colours: dict[int, str]) -> str:

@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -86,8 +87,8 @@ class Manifest:
         """Digest of what a row's heatmap is computed from: the :data:`MODEL_FIELDS`, the
         bytes of its image and masks, and the llnm3d version (stored with each heatmap, so a
         resumed ``heatmap`` and ``register`` notice a corrected row or a redrawn mask)."""
-        fields = {name: (None if pd.isna(row.get(name)) else str(row.get(name)))
-                  for name in MODEL_FIELDS}
+        fields: dict[str, Any] = {name: (None if pd.isna(row.get(name)) else str(row.get(name)))
+                                  for name in MODEL_FIELDS}
         files = {column: file_digest(self.path(row, column)) for column in PATH_COLUMNS}
         box = nodule_box(row)
         # Only a box that makes the mask is an input (a row's mask file wins); digests of

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -169,6 +170,10 @@ class BidirectionalBlock(nn.Module):
 class LLNMNet(nn.Module):
     """LLNM-Net (see the module docstring). Call with :meth:`forward`."""
 
+    # Buffers (register_buffer): declared for the type checker, which cannot see them.
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config.validate()
@@ -225,9 +230,11 @@ class LLNMNet(nn.Module):
         plain blocks, ``fused`` and ``last`` fall back to ``bidirectional``. BENCHMARKS.md
         compares them on held-out phantom images.
         """
-        bidirectional = self.bidirectional[-1].norm1 if len(self.bidirectional) else None
-        first = self.blocks[0].norm1 if len(self.blocks) else bidirectional
-        last = self.blocks[-1].norm1 if len(self.blocks) else bidirectional
+        # A ModuleList item is typed as Module, whose attributes read as Tensor | Module.
+        bidirectional = (cast(nn.Module, self.bidirectional[-1].norm1)
+                         if len(self.bidirectional) else None)
+        first = cast(nn.Module, self.blocks[0].norm1) if len(self.blocks) else bidirectional
+        last = cast(nn.Module, self.blocks[-1].norm1) if len(self.blocks) else bidirectional
         return {name: layer for name, layer in (("fused", first), ("last", last),
                                                 ("bidirectional", bidirectional))
                 if layer is not None}

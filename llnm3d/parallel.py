@@ -15,6 +15,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 from tqdm.auto import tqdm
 
@@ -149,8 +150,11 @@ def _map_dask(function, jobs, scheduler, workers, progress, desc, unit, initiali
                                  pure=False)
             index = {future.key: position for position, future in enumerate(futures)}
             for future in as_completed(futures):
-                outcomes[index[future.key]] = future.result()
-                bar.update(len(outcomes[index[future.key]]))
+                result = future.result()
+                outcomes[index[future.key]] = result
+                bar.update(len(result))
         finally:
             bar.close()
-    return [outcome for chunk in outcomes for outcome in chunk]
+    # as_completed yields every future (or raises), so no chunk is left None.
+    done = cast("list[list]", outcomes)
+    return [outcome for chunk in done for outcome in chunk]

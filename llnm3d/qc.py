@@ -53,7 +53,9 @@ def contact_sheet(manifest: Manifest, out_path: str | Path, n: int = 8, columns:
     sheet = Image.new("RGB", (columns * cell_w, n_rows * cell_h), "black")
     draw = ImageDraw.Draw(sheet)
     for index, (_, row) in enumerate(rows.iterrows()):
-        image = read_grayscale(manifest.path(row, "image"))
+        image_path = manifest.path(row, "image")
+        assert image_path is not None  # read_manifest refuses rows without an image
+        image = read_grayscale(image_path)
         nodule = read_nodule_mask(manifest.path(row, "nodule_mask"), nodule_box(row),
                                   image.shape)
         rgb = overlay(image, [(read_mask(manifest.path(row, "thyroid_mask")), THYROID_COLOUR),

@@ -197,6 +197,13 @@ _GROUP_VALUE = {"R": "R", "L": "L", "isthmus": "isthmus", **{t: t for t in THIRD
                 **{f: f for f in FRONT_BACK}}
 
 
+def _group_value(match: re.Match[str]) -> str:
+    """The value of the location word a match of :func:`_alternatives` found."""
+    # Every alternative is a named group, so a match always has a last group.
+    assert match.lastgroup is not None
+    return _GROUP_VALUE[match.lastgroup]
+
+
 # -- text pieces --------------------------------------------------------------------------------
 
 @dataclass
@@ -294,7 +301,7 @@ def _split_nodules(text: str, piece: _Piece, starts: list[int]) -> list[_Piece]:
         between = text[previous:start]
         joins = [m for m in re.finditer(rf"{_JOIN.pattern}|[,;]", between)]
         words = [m for m in joins if m.group()[0].isalpha()]
-        chosen = (words or joins or [None])[-1]
+        chosen = words[-1] if words else joins[-1] if joins else None
         cuts.append(previous + chosen.start() if chosen else start)
     cuts.append(piece.end)
     return [_Piece(a, b, piece.number if i == 0 else None)
@@ -348,7 +355,7 @@ def _first(pattern: re.Pattern, text: str, pieces: list[_Piece]) -> str | None:
             if (_NOT_LOCATION_AFTER.match(text, match.end())
                     or _NOT_LOCATION_BEFORE.search(text[max(0, match.start() - 7):match.start()])):
                 continue
-            return _GROUP_VALUE[match.lastgroup]
+            return _group_value(match)
     return None
 
 
@@ -454,7 +461,7 @@ def _describe(text: str, masked: str) -> list[_Nodule]:
         if plural and singular:
             # "Two nodules in the right lobe: an upper pole nodule and ...": the words before
             # the first nodule head the sentence.
-            heading = {_GROUP_VALUE[m.lastgroup]
+            heading = {_group_value(m)
                        for m in _SIDE.finditer(masked, sentence.start, singular[0])}
             context_side = heading.pop() if len(heading) == 1 else context_side
         for piece in pieces:
@@ -462,7 +469,7 @@ def _describe(text: str, masked: str) -> list[_Nodule]:
             if current is not None and _number(text, piece) is None:
                 # "The nodule abuts the capsule": the nodule just described.
                 mentions = [s for s in mentions if not _ANAPHORA.search(text, 0, s)]
-            sides = {_GROUP_VALUE[m.lastgroup]
+            sides = {_group_value(m)
                      for m in _SIDE.finditer(masked, piece.start, piece.end)}
             if _LYMPH.search(text, piece.start, piece.end) and not mentions:
                 current = None
@@ -571,8 +578,8 @@ def fill_location_from_reports(table: pd.DataFrame) -> pd.DataFrame:
     reports = table["report"] if "report" in table else pd.Series("", index=table.index)
     nodules = table["nodule_id"] if "nodule_id" in table else pd.Series("", index=table.index)
     readings: dict[tuple, ReportLocation] = {}
-    columns = {name: [] for name in ("location_source", "location_from_report",
-                                     "location_conflicts", "location_evidence")}
+    columns: dict[str, list[str]] = {name: [] for name in (
+        "location_source", "location_from_report", "location_conflicts", "location_evidence")}
     for index in table.index:
         key = (reports[index], str(nodules[index]))
         if key not in readings:

@@ -16,6 +16,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -262,7 +263,8 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
     run = {"manifest": str(manifest.source), "view": view, "settings": asdict(settings),
            "n_train": int(len(train_index)), "n_val": int(len(val_index)),
            "data_sha256": _data_digest(cases, train_index, val_index)}
-    state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "run": run}
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": float("inf"),
+                             "run": run}
     if (out_dir / "checkpoint.json").exists():
         saved = read_json(out_dir / "checkpoint.json")
         if saved.get("run") != run:

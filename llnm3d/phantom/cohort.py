@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -144,7 +145,9 @@ def make_phantom(out_dir: str | Path, n_patients: int, seed: int = 0,
                             "atlas": atlas.metadata, "llnm3d_version": __version__})
     for sub in ("images", "masks"):
         (out_dir / sub).mkdir(exist_ok=True)
-    settings = _Settings(image_size_px, tuple(spacing_range_mm), max_nodules, render=True)
+    # _check_spacing_range refused anything but a (low, high) pair.
+    spacing_range = cast("tuple[float, float]", tuple(spacing_range_mm))
+    settings = _Settings(image_size_px, spacing_range, max_nodules, render=True)
     results, failed = _run_patients(n_patients, seed, atlas, risk_spec, settings, out_dir,
                                     workers, progress)
     manifest = pd.DataFrame([row for r in results for row in r["manifest"]],
@@ -250,7 +253,7 @@ def _patient_job(job: tuple[str, np.random.SeedSequence]) -> tuple[str, dict | s
     patient_id, stream = job
     try:
         patient = _sample_patient(patient_id, stream)
-        result = {"patient_id": patient_id, "truth": _truth_rows(patient)}
+        result: dict[str, Any] = {"patient_id": patient_id, "truth": _truth_rows(patient)}
         if _WORKER["settings"].render:
             result["manifest"] = _render_patient(patient)
             result["patient"] = {

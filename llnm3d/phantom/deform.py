@@ -18,6 +18,7 @@ the mapping with :meth:`PatientDeformation.from_dict`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 
@@ -101,8 +102,9 @@ class PatientDeformation:
         return points
 
 
-def _floats(values) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)
+def _floats(values) -> tuple[float, float, float]:
+    # Every caller passes an xyz vector; the length is not checked (as ever).
+    return cast("tuple[float, float, float]", tuple(float(v) for v in values))
 
 
 def _tuples(value):

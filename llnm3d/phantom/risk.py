@@ -44,6 +44,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -122,7 +123,7 @@ def _term_value(term: dict, table: pd.DataFrame) -> np.ndarray:
 
 
 def _validate(data: dict, source: str) -> None:
-    def fail(where: str, problem: str) -> None:
+    def fail(where: str, problem: str) -> NoReturn:
         raise InputError(f"risk spec {source}: {where}: {problem}")
 
     if not isinstance(data, dict):

@@ -123,7 +123,7 @@ def planted_risk_map(stats, registered, phantom_dir: str | Path, atlas: Atlas) -
                             domain_lookup(atlas, domain), len(domain)).sums
     with np.errstate(divide="ignore", invalid="ignore"):
         planted = sums["sum_wy"] / sums["sum_w"]
-    volume = np.full(atlas.labels.size, np.nan)
+    volume: np.ndarray = np.full(atlas.labels.size, np.nan)
     volume[domain] = planted
     volume = volume.reshape(atlas.labels.shape)
     return np.where(np.isfinite(stats.volumes["probability"]), volume, np.nan)

@@ -20,6 +20,7 @@ to decide what tissue it shows. The intensity model, in order:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -62,8 +63,10 @@ class ViewPlane:
             origin = (centre_mm[0], skin_y_mm, centre_mm[2] + lateral_offset_mm + half_width)
         else:
             raise ValueError(f"unknown view {view!r}")
-        return cls(view, tuple(float(v) for v in origin), (0.0, 1.0, 0.0), col_dir,
-                   float(spacing_mm), tuple(shape))
+        # An image's 2D shape (callers may pass a list).
+        size = cast("tuple[int, int]", tuple(shape))
+        return cls(view, (float(origin[0]), float(origin[1]), float(origin[2])), (0.0, 1.0, 0.0),
+                   col_dir, float(spacing_mm), size)
 
     def pixel_points(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Patient positions (mm), shape (N, 3), of pixel indices."""

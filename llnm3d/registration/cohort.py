@@ -194,13 +194,15 @@ def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
             shape = (image.height, image.width)
     except (OSError, SyntaxError) as exc:
         raise CaseError(f"{case_id}: cannot read image ({exc})") from None
-    masks = {}
+    masks: dict[str, np.ndarray] = {}
     for column in ("thyroid_mask", "nodule_mask"):
         try:
             mask = (read_mask(view[column]) if column == "thyroid_mask"
                     else read_nodule_mask(view[column], view["nodule_box"], shape))
         except (OSError, SyntaxError) as exc:
             raise CaseError(f"{case_id}: cannot read {column} ({exc})") from None
+        # _register_one reads views only with a thyroid mask and a nodule mask or box.
+        assert mask is not None
         if mask.shape != shape:
             raise CaseError(f"{case_id}: {column} is {mask.shape[1]}x{mask.shape[0]} pixels "
                             f"but the image is {shape[1]}x{shape[0]}")
@@ -213,7 +215,7 @@ def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
     if inside < MIN_NODULE_INSIDE:
         raise CaseError(f"{case_id}: the nodule mask lies outside the thyroid mask "
                         f"({inside:.0%} of it inside)")
-    heatmap = None
+    heatmap: np.ndarray | None = None
     if heatmap_path is not None:
         if not heatmap_path.is_file():
             raise CaseError(f"{case_id}: no heatmap ({heatmap_path.name}); run `llnm3d "

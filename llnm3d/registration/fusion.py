@@ -26,8 +26,10 @@ nodules are flagged in the QC table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from ..atlas import Atlas, part_name
@@ -69,8 +71,10 @@ class Patch:
     @property
     def slices(self) -> tuple[slice, slice, slice]:
         """Index of the box in an atlas-shaped array."""
-        return tuple(slice(int(s), int(s) + n)
-                     for s, n in zip(self.start_zyx, self.mask.shape, strict=True))
+        # A patch is 3D: start_zyx and the mask's shape have three items.
+        return cast("tuple[slice, slice, slice]",
+                    tuple(slice(int(s), int(s) + n)
+                          for s, n in zip(self.start_zyx, self.mask.shape, strict=True)))
 
     def to_dense(self, which: str = "mask") -> np.ndarray:
         """The patch pasted into a zero atlas-shaped volume (float32)."""
@@ -131,6 +135,7 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
         raise RegistrationError("no view to register")
     if transverse is None or longitudinal is None:
         image = transverse or longitudinal
+        assert image is not None  # not both None (refused above)
         level = lobe_centre[_AXIS[image.view]]
         registration = register_view(image, atlas, level, part, transform=transform,
                                      step_mm=max(step_mm or WORKING_STEP_MM, atlas.spacing_mm))
@@ -155,6 +160,8 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
                      and abs(centre_t[0] - x_level) < tolerance_mm)
         x_level, z_level = centre_t[0], centre_l[2]
     centre = np.array([centre_t[0], (centre_t[1] + centre_l[1]) / 2, centre_l[2]])
+    # The loop ran at least once (else centre_t above is unbound), so both are registered.
+    assert reg_t is not None and reg_l is not None
     return NoduleRegistration({"transverse": reg_t, "longitudinal": reg_l}, centre, rounds,
                               converged, depth_mm={"transverse": float(centre_t[1]),
                                                    "longitudinal": float(centre_l[1])})
@@ -271,7 +278,7 @@ def _add_prior(images, nodule, atlas, side, axes, masks, heats) -> None:
         heats[missing] = prior
 
 
-def _extent(present: np.ndarray) -> slice:
+def _extent(present: npt.ArrayLike) -> slice:
     """Slice from the first to the last True of a 1D array (empty if none)."""
     index = np.flatnonzero(present)
     return slice(int(index[0]), int(index[-1]) + 1) if index.size else slice(0, 0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,6 +44,8 @@ ASSUMED_FIELD_OF_VIEW_MM = 40.0
 _SCALES = (0.85, 1.0, 1.15)
 _SCALES_UNKNOWN_SPACING = (0.6, 0.7, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4, 1.6)
 _SIDE_SIGN = {1: -1.0, 2: 1.0}  # right lobe at x < 0, left at x > 0 (LPS)
+# _optimise returns the transform it was given (optimised in place), of the same class.
+_T = TypeVar("_T", bound=sitk.Transform)
 
 
 class RegistrationError(RuntimeError):
@@ -244,7 +247,7 @@ def _initial_transform(image_sdf: np.ndarray, image: ViewImage, section: Section
     allowed = ndimage.binary_dilation(allowed, iterations=max(1, int(round(2.0 / step))))
     centroid_mm = image.nodule_centroid_mm()
     scales = _SCALES if image.spacing_mm is not None else _SCALES_UNKNOWN_SPACING
-    best = (-np.inf, None, None)
+    best: tuple[float, np.ndarray | None, np.ndarray | None] = (-np.inf, None, None)
     for scale in scales:
         # Resampled so one pixel spans one section pixel once scaled: u = c * step / scale.
         template = _resample_to_grid(image_sdf, image.pixel_mm, step / scale) < 0
@@ -267,6 +270,7 @@ def _initial_transform(image_sdf: np.ndarray, image: ViewImage, section: Section
     if best[1] is None:
         raise RegistrationError(f"{image.case_id}: no placement puts the nodule inside the "
                                 f"atlas's {'right' if side == 1 else 'left'} lobe")
+    assert best[2] is not None  # set together with best[1]
     return best[1], best[2]
 
 
@@ -283,9 +287,8 @@ def _metric_value(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
     return float(method.MetricEvaluate(fixed, moving))
 
 
-def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
-              shrink: list[int], iterations: int, rate_mm: float
-              ) -> tuple[sitk.Transform, float, int]:
+def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: _T,
+              shrink: list[int], iterations: int, rate_mm: float) -> tuple[_T, float, int]:
     method = _method()
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=rate_mm, minStep=0.005, numberOfIterations=iterations, relaxationFactor=0.5,
@@ -298,7 +301,8 @@ def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
     return transform, float(method.GetMetricValue()), int(method.GetOptimizerIteration())
 
 
-def _affine_parts(transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
+def _affine_parts(transform: sitk.Similarity2DTransform | sitk.AffineTransform
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(matrix, offset) of a centred 2D transform: T(p) = M (p - c) + c + t."""
     matrix = np.asarray(transform.GetMatrix()).reshape(2, 2)
     centre = np.asarray(transform.GetCenter())
@@ -372,12 +376,15 @@ def register_view(image: ViewImage, atlas: Atlas, level_mm: float, side: int | s
     # A warm start is already close: smaller first steps save iterations.
     rate = 1.0 if initial is None else 0.3
     start_metric = _metric_value(fixed, moving, similarity)
+    result: sitk.Similarity2DTransform | sitk.AffineTransform  # affine after the loop
     for attempt_rate in (rate, rate / 4):
         result, metric, n_iter = _optimise(fixed, moving, sitk.Similarity2DTransform(similarity),
                                            shrink, iterations, attempt_rate)
         # A step too far can shrink the image onto a point of the section; such a result is
-        # worse than where it started, or far from the start's scale.
-        if metric <= start_metric and 2 / 3 < result.GetScale() / scale < 3 / 2:
+        # worse than where it started, or far from the start's scale. (The cast: mypy types
+        # result as declared, not as the similarity _optimise returns here.)
+        if metric <= start_metric and (
+                2 / 3 < cast(sitk.Similarity2DTransform, result).GetScale() / scale < 3 / 2):
             break
     else:
         result, metric, n_iter = similarity, start_metric, 0

@@ -81,7 +81,7 @@ def code_text(source: str) -> str:
     spaces and blank lines removed. Positions come from ``ast`` and ``tokenize``, which agree
     across Python versions, unlike ``ast.dump``."""
     lines = source.split("\n")  # as tokenize and ast count lines
-    dropped = set()
+    dropped: set[int] = set()
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
                                  ast.AsyncFunctionDef)) or not node.body:
@@ -90,6 +90,7 @@ def code_text(source: str) -> str:
         own_lines = isinstance(node, ast.Module) or first.lineno > node.lineno
         if (own_lines and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
                 and isinstance(first.value.value, str)):
+            assert first.end_lineno is not None  # ast.parse gives every statement its lines
             dropped.update(range(first.lineno, first.end_lineno + 1))
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:

@@ -97,7 +97,7 @@ class Accumulator:
         with np.load(path) as data:
             sums = {name: data[name] for name in SUM_NAMES}
             lists = [json.loads(str(data[key])) for key in ("nodules", "empty_nodules")]
-            return (cls(sums, *lists, float(data["outside_weight"])),
+            return (cls(sums, lists[0], lists[1], float(data["outside_weight"])),
                     json.loads(str(data["extra"])))
 
 
@@ -107,7 +107,8 @@ class NoduleInput:
 
     key: str
     patch_path: Path
-    label: int
+    # The 0/1 outcome; the phantom's planted_risk_map passes each nodule's true risk instead.
+    label: float
     probability: float | None
 
 
@@ -126,8 +127,12 @@ def patch_weights(path: Path, weight: str, lookup: np.ndarray
         Weight falling outside the domain.
     """
     patch = load_patch(path)
-    values = patch.mask.astype(np.float64) if weight == "mask" else patch.heatmap.astype(
-        np.float64)
+    if weight == "mask":
+        values = patch.mask.astype(np.float64)
+    else:
+        # aggregate refuses heatmap weights for nodules registered without heatmaps.
+        assert patch.heatmap is not None
+        values = patch.heatmap.astype(np.float64)
     heat = None if patch.heatmap is None else patch.heatmap.astype(np.float64)
     k, j, i = np.nonzero(values > 0)
     shape = patch.grid["shape_zyx"]

@@ -25,7 +25,7 @@ Two approaches:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -374,11 +374,13 @@ def difference_maps(footprints: sp.spmatrix, y: np.ndarray, g: np.ndarray,
     penalty = basis.penalty()
     pooled = None if covariates is None else np.asarray(covariates, float).reshape(len(y), -1)
     maps: dict[str, np.ndarray] = {}
-    fields, fits, record = {}, {}, {"levels": list(levels), "groups": {}, "notes": []}
+    fields: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fits: dict[str, tuple[SpatialFit, np.ndarray | None]] = {}
+    record: dict[str, Any] = {"levels": list(levels), "groups": {}, "notes": []}
     for suffix, level, member in (("a", levels[0], g == 0), ("b", levels[1], g == 1)):
         touched = (footprints[member] > 0).astype(np.float64)
         maps[f"contrast_n_nodules_{suffix}"] = np.asarray(touched.sum(axis=0)).ravel()
-        group = {"nodules": int(member.sum()), "events": int(y[member].sum())}
+        group: dict[str, Any] = {"nodules": int(member.sum()), "events": int(y[member].sum())}
         z = None if pooled is None else pooled[member]
         try:
             fit = fit_spatial(footprints[member], y[member], basis_matrix, basis, z, penalty)
@@ -388,7 +390,8 @@ def difference_maps(footprints: sp.spmatrix, y: np.ndarray, g: np.ndarray,
                                    "not shown")
             fields[suffix] = (np.full(len(points_mm), np.nan),) * 2
         else:
-            shift = None if z is None else pooled.mean(axis=0) - z.mean(axis=0)
+            # z is None exactly when pooled is.
+            shift = None if z is None or pooled is None else pooled.mean(axis=0) - z.mean(axis=0)
             fits[suffix] = (fit, shift)
             fields[suffix] = group_log_odds(fit, points_mm, shift)
             group.update(log_lambda=float(fit.log_lambda), edf=float(fit.edf),

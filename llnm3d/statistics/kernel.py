@@ -98,7 +98,7 @@ def fit_kernel(centres_mm: np.ndarray, y: np.ndarray, patients: np.ndarray, orig
         held_positive = np.clip(positive - own_positive, 0.0, held_total)
         p = (held_positive + PRIOR_NODULES * rate) / (held_total + PRIOR_NODULES)
         scores[float(sigma)] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    sigma = min(scores, key=scores.get)
+    sigma = min(scores, key=scores.__getitem__)
     total = _kernel_sums(ones, sigma, spacing_mm)
     positive = _kernel_sums(events, sigma, spacing_mm)
     squares = _kernel_sums(ones, sigma / np.sqrt(2), spacing_mm)  # K^2 is a kernel of sigma/√2

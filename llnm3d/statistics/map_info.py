@@ -10,6 +10,8 @@ small p-values that single precision rounds to 0 keep their size there.
 
 from __future__ import annotations
 
+from typing import cast
+
 import nibabel as nib
 import numpy as np
 
@@ -112,7 +114,8 @@ def map_sidecar(name: str, volume: np.ndarray, header: NiftiHeader, summary: dic
         "file": f"{name}.nii.gz",
         "description": description,
         "units": MAP_KINDS.get(name, ("estimate", ""))[1],
-        "intent": {"code": int(nib.nifti1.intent_codes.code[header.intent]),
+        # nibabel types a Recoder's values as Hashable; intent codes are ints.
+        "intent": {"code": int(cast(int, nib.nifti1.intent_codes.code[header.intent])),
                    "name": header.intent, "parameters": list(header.intent_params),
                    "intent_name": header.intent_name},
         "display_range": list(display_range(volume, header)),

@@ -31,6 +31,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -250,12 +251,15 @@ def load_stats(stats_dir: str | Path) -> Stats:
     if not summary.get("maps"):
         raise InputError(f"{stats_dir}: summary.json lists no maps; not an `llnm3d aggregate` "
                          "folder")
-    volumes, origin, spacing = {}, None, None
+    volumes: dict[str, np.ndarray] = {}
+    origin: np.ndarray | None = None
+    spacing: float | None = None
     for name in summary["maps"]:
         path = stats_dir / f"{name}.nii.gz"
         if not path.is_file():
             raise InputError(f"{stats_dir}: map {name}.nii.gz is missing")
         volumes[name], origin, spacing = read_volume(path)
+    assert spacing is not None  # summary.json lists at least one map (checked above)
     tables = {}
     for name in ("regions", "capsule_distance", *summary.get("tables", [])):
         path = stats_dir / f"{name}.csv"
@@ -471,6 +475,7 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     lookup = domain_lookup(atlas, domain)
     digests = nodule_digests(nodules)
     if contrast_manifest is not None:
+        assert contrast is not None  # refused above without contrast
         nodules[contrast] = nodules["nodule"].map(
             manifest_column(contrast_manifest, contrast)).fillna("")
     if contrast is not None:
@@ -636,8 +641,8 @@ def footprint_extent(nodules: pd.DataFrame, weight: str, adjusted: bool = True
     from scipy.stats import mannwhitneyu
 
     by = {int(k): v["footprint_voxels"].to_numpy(float) for k, v in nodules.groupby("label")}
-    record = {"weight": weight, "median_voxels": {str(k): float(np.median(v))
-                                                  for k, v in by.items()}}
+    record: dict[str, Any] = {"weight": weight, "median_voxels": {
+        str(k): float(np.median(v)) for k, v in by.items()}}
     if len(by) < 2 or min(len(v) for v in by.values()) < 5:
         return record, []
     ratio = float(np.median(by[1]) / np.median(by[0]))
@@ -691,14 +696,14 @@ def estimate_risk(estimator: str, footprints: sp.spmatrix, nodules: pd.DataFrame
     rate = float(y.mean())
     if estimator == "kernel":
         centres = nodules[["centre_x_mm", "centre_y_mm", "centre_z_mm"]].to_numpy(float)
-        fit = fit_kernel(centres, y, nodules["patient_id"].to_numpy(), atlas.origin_mm,
-                         atlas.spacing_mm, atlas.labels.shape)
-        maps = {name: fit.maps[name].ravel()[domain] for name in (
+        kernel_fit = fit_kernel(centres, y, nodules["patient_id"].to_numpy(), atlas.origin_mm,
+                                atlas.spacing_mm, atlas.labels.shape)
+        maps = {name: kernel_fit.maps[name].ravel()[domain] for name in (
             "probability", "probability_ci_low", "probability_ci_high")}
         return maps, {"name": "kernel", "centres": "registered", "bandwidth_mm":
-                      fit.bandwidth_mm, "cv_log_loss": fit.cv_log_loss,
+                      kernel_fit.bandwidth_mm, "cv_log_loss": kernel_fit.cv_log_loss,
                       "cv": "leave one patient out",
-                      "scores": {str(k): v for k, v in fit.scores.items()}}
+                      "scores": {str(k): v for k, v in kernel_fit.scores.items()}}
     basis = SplineBasis.covering(points[covered])
     fit = fit_spatial(footprints.T, y, basis.matrix(points), basis,
                       _covariate_matrix(nodules, covariates))

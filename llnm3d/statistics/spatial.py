@@ -28,6 +28,7 @@ mean), the risk of a nodule whose footprint is concentrated at ``v``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import scipy.linalg as la
@@ -71,8 +72,10 @@ class SplineBasis:
                  ) -> SplineBasis:
         """The basis of the functions that touch ``points_mm`` (N, 3)."""
         low = points_mm.min(axis=0) - knot_spacing_mm
-        counts = tuple(int(c) for c in np.floor((points_mm.max(axis=0) - low)
-                                                / knot_spacing_mm) + 3)
+        # One count per axis of the (N, 3) points.
+        counts = cast("tuple[int, int, int]",
+                      tuple(int(c) for c in np.floor((points_mm.max(axis=0) - low)
+                                                     / knot_spacing_mm) + 3))
         full = cls(low, float(knot_spacing_mm), counts, np.arange(int(np.prod(counts))))
         used = np.unique(full._lattice_entries(points_mm)[0])
         return cls(low, float(knot_spacing_mm), counts, used)
