@@ -135,10 +135,10 @@ def randomised_model(model: LLNMNet, stage: str, seed: int) -> LLNMNet:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if depth == len(groups):  # random_all: every weight
-            modules, parameters = [model], list(model.parameters())
+            parameters = list(model.parameters())
         else:
-            modules = [m for group in groups[:depth + 1] for m in group]
-            parameters = [p for m in modules for p in m.parameters()]
+            parameters = [p for group in groups[:depth + 1] for module in group
+                          for p in module.parameters()]
         for parameter in parameters:
             # Normal weights at each tensor's own scale (at least 0.02, the model's init):
             # random, yet of the size the following layers expect.
@@ -261,8 +261,8 @@ def _check_batch(cases: Cases, index: np.ndarray, view: str, checks: tuple[str, 
         correlation = rank_correlations(heat, reference)
         for offset, position in enumerate(index):
             rows.append([cases.table.iloc[position]["case_id"], view, check,
-                         not heat[offset].any(), nodule_mass[offset], thyroid_mass[offset], correlation[offset],
-                         float(probability[offset])])
+                         not heat[offset].any(), nodule_mass[offset], thyroid_mass[offset],
+                         correlation[offset], float(probability[offset])])
         bar.update(len(index))
     return rows
 
