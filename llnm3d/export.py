@@ -186,7 +186,7 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
     check_stats(stats)
     notes = [note for note in [floor_note(stats, min_cases)] if note]
     min_cases = min_cases_of(stats, min_cases)
-    step = max(1, int(round(spacing_mm / stats.spacing_mm)))
+    step = grid_step(spacing_mm, stats.spacing_mm)
     sub = (slice(None, None, step),) * 3
     shown = shown_voxels(stats, min_cases)[sub]
     k, j, i = np.nonzero(shown)
@@ -237,10 +237,16 @@ def _matching_atlas(stats: Stats) -> Atlas:
     return atlas
 
 
+def grid_step(spacing_mm: float, grid_spacing_mm: float) -> int:
+    """Every how many voxels of a grid of ``grid_spacing_mm`` to keep for about ``spacing_mm``
+    (at least every voxel)."""
+    return max(1, int(round(spacing_mm / grid_spacing_mm)))
+
+
 def web_surface(atlas: Atlas, spacing_mm: float) -> trimesh.Trimesh:
     """The capsule surface remeshed from the signed distance at ``spacing_mm`` (coarser than
     the atlas for a light web file; the atlas's own surface when the spacing matches)."""
-    step = max(1, int(round(spacing_mm / atlas.spacing_mm)))
+    step = grid_step(spacing_mm, atlas.spacing_mm)
     if step == 1:
         return atlas.surface
     # Presmooth by one atlas voxel, not one coarse voxel: more would shrink the thin isthmus.
@@ -308,7 +314,7 @@ def export_capsule(atlas: Atlas, path: str | Path, stats: Stats | None = None, *
     builder.write(path, metadata(stats, min_cases, units,
                                  attributes=attributes if stats else {},
                                  surface_spacing_mm=atlas.spacing_mm
-                                 * max(1, int(round(spacing_mm / atlas.spacing_mm)))))
+                                 * grid_step(spacing_mm, atlas.spacing_mm)))
     return Path(path)
 
 
@@ -345,7 +351,7 @@ def export_isosurfaces(stats: Stats, path: str | Path, levels: list[float] | Non
     probability = np.where(shown_voxels(stats, min_cases), stats.volumes["probability"], np.nan)
     check_levels(levels)
     levels = default_levels(probability) if levels is None else sorted(levels)
-    step = max(1, int(round(spacing_mm / stats.spacing_mm)))
+    step = grid_step(spacing_mm, stats.spacing_mm)
     field_zyx = np.nan_to_num(probability, nan=0.0)[::step, ::step, ::step]
     builder, written = GlbBuilder(units), []
     for level in levels:

@@ -54,7 +54,7 @@ from .io import (
     write_json,
     write_npz,
 )
-from .manifest import Manifest, as_manifest
+from .manifest import VIEWS, Manifest, as_manifest
 from .model import LLNMNet, load_model
 from .resume import Resumed, claim_folder, finished_cases
 from .train import MAX_BATCH_SIZE
@@ -62,7 +62,6 @@ from .train import MAX_BATCH_SIZE
 # The bundled weights travel inside the package (package data), so a wheel carries them. pip
 # installs a wheel unpacked, so the resource is a real folder.
 MODEL_DIR = Path(str(resources.files("llnm3d").joinpath("weights")))
-VIEWS = ("transverse", "longitudinal")
 LLNM_CLASS = 1
 FORMAT = "llnm3d-heatmaps/1"
 GRADCAM_LAYERS = ("fused", "last", "bidirectional")

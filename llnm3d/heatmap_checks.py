@@ -44,10 +44,10 @@ from tqdm.auto import tqdm
 
 from .cases import Cases, load_cases
 from .checks import check_choice, check_number, check_seed
-from .heatmap import GRADCAM_LAYERS, VIEWS, gradcam_batch, load_view_model
+from .heatmap import GRADCAM_LAYERS, gradcam_batch, load_view_model
 from .inputs import CHANNELS
 from .io import atomic_path, ensure_writable_dir, write_json
-from .manifest import Manifest, as_manifest
+from .manifest import VIEWS, Manifest, as_manifest
 from .model import LLNMNet
 from .train import MAX_BATCH_SIZE
 

@@ -41,14 +41,13 @@ from ..io import (
     remove_temporaries,
     write_json,
 )
-from ..manifest import NUMERIC_RANGES
+from ..manifest import NUMERIC_RANGES, VIEWS
 from ..parallel import map_cases
 from .deform import PatientDeformation
 from .nodules import Nodule, report_text, sample_nodules, tirads_level, tirads_points
 from .risk import RiskSpec
 from .ultrasound import ViewPlane, render_view
 
-VIEWS = ("transverse", "longitudinal")
 MANIFEST_COLUMNS = ["case_id", "patient_id", "nodule_id", "side", "view", "image", "thyroid_mask",
                     "nodule_mask", "pixel_spacing_mm", "label", "age", "sex", "report"]
 # The validation study's largest cohort has 8,000 patients; 100,000 are about 400,000 images

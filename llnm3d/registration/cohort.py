@@ -47,12 +47,12 @@ from ..io import (
     write_json,
     write_npz,
 )
-from ..manifest import Manifest, as_manifest
+from ..manifest import VIEWS, Manifest, as_manifest
 from ..parallel import map_cases
 from ..report_location import PROVENANCE_COLUMNS
 from ..resume import Resumed, claim_folder, finished_cases
 from .fusion import NoduleRegistration, Patch, fuse_views, grid_signature, register_nodule
-from .views import VIEWS, RegistrationError, ViewImage
+from .views import RegistrationError, ViewImage
 
 FORMAT = "llnm3d-registered/1"
 MIN_DICE_OK = 0.8

@@ -37,7 +37,6 @@ from scipy import ndimage, signal
 
 from ..atlas import Atlas, Section, part_name
 
-VIEWS = ("transverse", "longitudinal")
 SDF_CLIP_MM = 5.0
 # Linear probes show about 4 cm; used only when a manifest gives no pixel spacing.
 ASSUMED_FIELD_OF_VIEW_MM = 40.0
