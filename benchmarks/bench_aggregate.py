@@ -11,7 +11,7 @@ one machine:
 
 - recovery: Pearson correlation over voxels meeting min-cases between the recovered
   probability map and the planted expected-risk map (the same weighted mean of the nodules' true
-  risks, :func:`llnm3d.phantom.truth.planted_risk_map`), per cohort and weight; and per
+  risks, :func:`llnm3d.validation.planted_risk_map`), per cohort and weight; and per
   capsule-distance bin, whether the planted risk (mean true risk of the bin's nodules) lies
   inside the recovered 95 % interval;
 - throughput: accumulation in nodules per second on 1 and 2 local processes and on a Dask
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from llnm3d import Atlas, aggregate, load_registered
-from llnm3d.phantom.truth import planted_risk_map, read_truth
+from llnm3d.validation import planted_risk_map, read_truth
 
 
 def _recovery(name, folder, atlas):

@@ -29,10 +29,10 @@ from bench_risk_model import ROOT, _points, cohort, footprints, load_spec
 
 from llnm3d.atlas import Atlas
 from llnm3d.phantom import RiskSpec, sample_truth
-from llnm3d.phantom.truth import truth_risk_map
 from llnm3d.statistics.accumulate import analysis_domain
 from llnm3d.statistics.contrast import estimate_contrast, interaction_design
 from llnm3d.statistics.inference import OLSDesign, fwer_p_values
+from llnm3d.validation import truth_risk_map
 
 MIN_CASES = 10
 SPOT_RADIUS_MM = 4.0

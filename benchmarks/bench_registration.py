@@ -41,7 +41,7 @@ from llnm3d.annotations import BOX_COLUMNS, mask_box
 from llnm3d.heatmap import compute_heatmaps
 from llnm3d.io import file_stem
 from llnm3d.phantom import make_phantom
-from llnm3d.phantom.truth import registration_errors
+from llnm3d.validation import registration_errors
 
 
 def _timed_register(label, manifest, heatmaps, out, **kwargs):

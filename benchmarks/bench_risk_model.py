@@ -6,7 +6,7 @@ as `llnm3d register` does for a user). The risk spec changes only the outcomes: 
 draws them last, from the same random numbers, so :func:`llnm3d.phantom.sample_truth` with a
 spec gives exactly the outcomes a phantom made with that spec would have. Smaller cohorts are
 the first N patients. Every estimate is compared with the truth map of
-:func:`llnm3d.phantom.truth.truth_risk_map` (the spec evaluated for a nodule centred at each
+:func:`llnm3d.validation.truth_risk_map` (the spec evaluated for a nodule centred at each
 voxel), which passes through neither registration nor any estimator.
 
 Usage::
@@ -37,10 +37,10 @@ from scipy import stats as scistats
 
 from llnm3d.atlas import Atlas
 from llnm3d.phantom import RiskSpec, sample_truth
-from llnm3d.phantom.truth import truth_risk_map
 from llnm3d.registration import load_registered
 from llnm3d.statistics.accumulate import analysis_domain, domain_lookup
 from llnm3d.statistics.maps import estimate_risk, weight_matrix
+from llnm3d.validation import truth_risk_map
 
 ROOT = Path(__file__).resolve().parent
 SPECS = {

@@ -14,11 +14,11 @@ from .io import ensure_writable_dir, write_json
 from .manifest import read_manifest
 from .phantom import RiskSpec, make_phantom
 from .phantom.cohort import MAX_PATIENTS
-from .phantom.truth import planted_risk_map, registration_errors, truth_risk_map
 from .qc import contact_sheet
 from .registration import register
 from .site import build_site, site_size_bytes
 from .statistics import aggregate
+from .validation import planted_risk_map, registration_errors, truth_risk_map
 
 STAGES = ("atlas", "phantom cohort", "heatmaps (bundled LLNM-Net)", "registration",
           "aggregation", "site")

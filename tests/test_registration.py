@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from llnm3d import load_registered, register
 from llnm3d.cli import app
 from llnm3d.io import InputError
-from llnm3d.phantom.truth import registration_errors
 from llnm3d.registration import ViewImage, atlas_plane, load_patch, register_view
 from llnm3d.registration import cohort as cohort_module
+from llnm3d.validation import registration_errors
 
 
 def _synthetic_view(atlas, view, level_mm, side, scale, angle_deg, pixel_mm=0.15, size=256):

@@ -4,7 +4,7 @@ import pytest
 
 from llnm3d import register
 from llnm3d.phantom import make_phantom
-from llnm3d.phantom.truth import registration_errors
+from llnm3d.validation import registration_errors
 
 
 @pytest.mark.slow

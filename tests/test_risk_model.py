@@ -8,7 +8,6 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from llnm3d.phantom import RiskSpec
-from llnm3d.phantom.truth import truth_risk_map
 from llnm3d.statistics.kernel import fit_kernel
 from llnm3d.statistics.maps import footprint_extent
 from llnm3d.statistics.spatial import (
@@ -17,6 +16,7 @@ from llnm3d.statistics.spatial import (
     risk_maps,
     simultaneous_critical,
 )
+from llnm3d.validation import truth_risk_map
 
 SPACING_MM = 1.0
 SHAPE = (24, 16, 36)  # z, y, x: a 36 x 16 x 24 mm box

@@ -1,6 +1,8 @@
 """Validation against a phantom's planted truth (truth.csv, truth.json).
 
-Only validation code (tests, benchmarks) uses this module; no pipeline stage reads the truth.
+Only validation code (tests, benchmarks, the demo's report) uses this module; no pipeline stage
+reads the truth. It sits above the phantom, registration and statistics, whose outputs it
+compares with the truth.
 """
 
 from __future__ import annotations
@@ -10,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atlas import Atlas
-from ..io import InputError, read_json
-from .deform import PatientDeformation
+from .atlas import Atlas
+from .io import InputError, read_json
+from .phantom.deform import PatientDeformation
+from .statistics.accumulate import (
+    NoduleInput,
+    accumulate_block,
+    analysis_domain,
+    domain_lookup,
+)
 
 
 def read_truth(phantom_dir: str | Path) -> tuple[pd.DataFrame, dict]:
@@ -105,13 +113,6 @@ def planted_risk_map(stats, registered, phantom_dir: str | Path, atlas: Atlas) -
     the recovered probability map estimates from the nodules' binary outcomes. NaN where
     ``stats`` masked the probability.
     """
-    from ..statistics.accumulate import (
-        NoduleInput,
-        accumulate_block,
-        analysis_domain,
-        domain_lookup,
-    )
-
     truth, _ = read_truth(phantom_dir)
     risk = truth.set_index("nodule")["risk"]
     qc = registered.qc.set_index("nodule")
