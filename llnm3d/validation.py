@@ -15,6 +15,7 @@ import pandas as pd
 from .atlas import Atlas
 from .io import InputError, read_json
 from .phantom.deform import PatientDeformation
+from .phantom.risk import _term_value
 from .statistics.accumulate import (
     NoduleInput,
     accumulate_block,
@@ -164,8 +165,6 @@ def truth_risk_map(spec, rows: pd.DataFrame, atlas: Atlas, max_rows: int = 400,
     ndarray of float64, shape of the atlas
         Risk (0-1) at the evaluated voxels, NaN elsewhere.
     """
-    from .risk import _term_value
-
     if voxels is None:
         voxels = np.flatnonzero(atlas.capsule_distance < 1.5)
     used = {term.get("covariate", "x_mm") for term in spec.data["terms"]}
