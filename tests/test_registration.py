@@ -268,3 +268,15 @@ def test_cli_exit_codes_follow_the_convention(cohort, tmp_path):
                                  "--out", str(tmp_path / "out2"), "--heatmaps",
                                  str(tmp_path)])
     assert result.exit_code == 2 and "no heatmaps/ folder" in result.output
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("max_rounds", 0, "max_rounds must be an integer >= 1"),
+    ("max_rounds", 2.0, "max_rounds must be an integer"),
+    ("tolerance_mm", 0.0, "tolerance_mm must be a number > 0"),
+])
+def test_register_nodule_refuses_options_that_cannot_converge(atlas, option, value, words):
+    from llnm3d.registration.fusion import register_nodule
+
+    with pytest.raises(InputError, match=words):
+        register_nodule({}, atlas, "R", **{option: value})

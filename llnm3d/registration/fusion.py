@@ -33,6 +33,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ..atlas import Atlas, part_name
+from ..checks import check_number
 from .views import RegistrationError, ViewImage, ViewRegistration, register_view
 
 _AXIS = {"transverse": 2, "longitudinal": 0}  # atlas axis (x, y, z order) a view's level fixes
@@ -128,6 +129,8 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
                     ) -> NoduleRegistration:
     """Register a nodule's views (``{"transverse": ..., "longitudinal": ...}``, one or both)
     consistently and estimate its centre in atlas mm (see the module docstring)."""
+    check_number("max_rounds", max_rounds, low=1, integer=True)
+    check_number("tolerance_mm", tolerance_mm, low=0, low_inclusive=False)
     part = part_name(side)
     lobe_centre = np.asarray(atlas.lobe_axes[part]["centre_mm"], dtype=float)
     transverse, longitudinal = images.get("transverse"), images.get("longitudinal")
@@ -160,7 +163,7 @@ def register_nodule(images: dict[str, ViewImage], atlas: Atlas, side: int | str,
                      and abs(centre_t[0] - x_level) < tolerance_mm)
         x_level, z_level = centre_t[0], centre_l[2]
     centre = np.array([centre_t[0], (centre_t[1] + centre_l[1]) / 2, centre_l[2]])
-    # The loop ran at least once (else centre_t above is unbound), so both are registered.
+    # The loop ran at least once (max_rounds >= 1), so both views are registered.
     assert reg_t is not None and reg_l is not None
     return NoduleRegistration({"transverse": reg_t, "longitudinal": reg_l}, centre, rounds,
                               converged, depth_mm={"transverse": float(centre_t[1]),
