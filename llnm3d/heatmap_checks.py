@@ -33,7 +33,7 @@ Per image and check (on the model's 224x224 grid):
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from .cases import Cases, load_cases
 from .checks import check_choice, check_number, check_seed
 from .heatmap import GRADCAM_LAYERS, gradcam_batch, load_view_model
-from .inputs import CHANNELS
+from .inputs import CHANNELS, SIZE_PX
 from .io import atomic_path, ensure_writable_dir, write_json
 from .manifest import VIEWS, Manifest, as_manifest
 from .model import LLNMNet
@@ -213,13 +213,16 @@ def check_heatmaps(manifest: str | Path | Manifest, out_dir: str | Path | None =
     failures = list(manifest.problems)
     rows = []
     for view in VIEWS:
-        if not (manifest.table["view"] == view).any():
+        rows_of_view = manifest.table[manifest.table["view"] == view]
+        if rows_of_view.empty:
             continue
         model, _ = load_view_model(view, model_dir)
-        cases = load_cases(manifest, view=view, max_length=model.config.report_length,
-                           progress=progress, resize_masks=resize_masks)
+        # Only the images the checks will use are read.
+        cases = load_cases(replace(manifest, table=rows_of_view.head(limit)), view=view,
+                           max_length=model.config.report_length, progress=progress,
+                           resize_masks=resize_masks)
         failures.extend(cases.failures)
-        count = len(cases) if limit is None else min(limit, len(cases))
+        count = len(cases)
         models = {"unaltered": model} | {stage: randomised_model(model, stage, seed)
                                          for stage in RANDOM_STAGES if stage in checks}
         bar = tqdm(total=count * len(checks), desc=f"heatmap checks ({view})", unit="map",
@@ -245,7 +248,7 @@ def _check_batch(cases: Cases, index: np.ndarray, view: str, checks: tuple[str, 
     nodule = maps[:, NODULE] > 0.5
     given = maps[:, THYROID_GIVEN, 0, 0] > 0.5
     thyroid = (maps[:, CAPSULE] > 0) & given[:, None, None]
-    widths = np.array([int(round(224 * g.shape[1] / g.side)) for g in
+    widths = np.array([int(round(SIZE_PX * g.shape[1] / g.side)) for g in
                        (cases.geometries[i] for i in index)])
     reference = None
     rows = []
