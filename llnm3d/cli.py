@@ -282,6 +282,12 @@ def train(
     modality_dropout: Annotated[float, typer.Option(
         help="Per-case probability of hiding each optional input (thyroid mask, report, age, "
              "sex) during training.")] = 0.15,
+    channels: Annotated[str | None, typer.Option(
+        help="Comma-separated channels of the location feature map the model reads "
+             "(default: the input design of llnm3d.train.TrainSettings).")] = None,
+    nodule_dropout: Annotated[float | None, typer.Option(
+        help="Per-case probability of hiding the nodule-mask channels during training "
+             "(default: TrainSettings').")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if "
                                                        "available).")] = None,
     allow_outside: AllowOutsideOption = False,
@@ -291,9 +297,14 @@ def train(
     from .train import train as run
 
     with _input_errors():
+        design: dict = {}
+        if channels is not None:
+            design["channels"] = tuple(c.strip() for c in channels.split(",") if c.strip())
+        if nodule_dropout is not None:
+            design["nodule_dropout"] = nodule_dropout
         settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size,
                                  learning_rate=learning_rate, seed=seed,
-                                 modality_dropout=modality_dropout)
+                                 modality_dropout=modality_dropout, **design)
         result = run(_read_manifest(manifest, allow_outside), view, out, settings,
                      device=device)
     _say(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "

@@ -99,14 +99,28 @@ def gradcam_batch(model: LLNMNet, inputs: dict, layer: str = "fused"
     """
     layers = model.gradcam_layers()
     check_choice("GradCAM++ layer", layer, layers)
-    cam = GradCAMPlusPlus(model=_BoundInputs(model, {k: v for k, v in inputs.items()
-                                                     if k != "image"}),
-                          target_layers=[layers[layer]],
-                          reshape_transform=model.patch_map)
-    image = inputs["image"]
-    maps = cam(input_tensor=image, targets=[ClassifierOutputTarget(LLNM_CLASS)] * len(image))
-    probability = torch.softmax(cam.outputs.detach(), dim=1)[:, LLNM_CLASS].cpu().numpy()
-    cam.activations_and_grads.release()
+    target = layers[layer]
+    # GradCAM++ needs the gradient at the target layer only. With every weight frozen and the
+    # layer's output cut from the graph below it, the backward pass runs through the layers
+    # above it and computes no weight gradients: the same maps at about half the cost.
+    cut = target.register_forward_hook(lambda _, __, output: output.detach().requires_grad_(),
+                                       prepend=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        cam = GradCAMPlusPlus(model=_BoundInputs(model, {k: v for k, v in inputs.items()
+                                                         if k != "image"}),
+                              target_layers=[target], reshape_transform=model.patch_map)
+        image = inputs["image"]
+        maps = cam(input_tensor=image,
+                   targets=[ClassifierOutputTarget(LLNM_CLASS)] * len(image))
+        probability = torch.softmax(cam.outputs.detach(), dim=1)[:, LLNM_CLASS].cpu().numpy()
+        cam.activations_and_grads.release()
+    finally:
+        cut.remove()
+        for parameter in trainable:
+            parameter.requires_grad_(True)
     return np.nan_to_num(maps.astype(np.float32)), probability
 
 

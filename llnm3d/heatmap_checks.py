@@ -13,7 +13,10 @@ the same images as the unaltered heatmaps:
   image, shifted by a quarter of the image width towards the image's centre line, dilated by
   :data:`DILATION_PX`, or removed; the thyroid mask removed (its channels zero and its flag 0,
   exactly as for an image without a thyroid mask). A heatmap that follows the mirrored mask
-  shows the mask, not the image.
+  shows the mask, not the image. Removing the nodule mask also removes what the model reads
+  from it outside the image, the morphology features (all NaN, "missing"); mirroring, shifting
+  and dilating keep the true nodule's features, so a model that reads no nodule channel
+  (:attr:`llnm3d.model.ModelConfig.channels`) sees those three checks as the unaltered input.
 
 Label randomisation, the other test of Adebayo et al., needs a model trained on permuted
 labels: :func:`llnm3d.train.train` on a manifest whose labels are shuffled, then this module
@@ -257,6 +260,8 @@ def _check_batch(cases: Cases, index: np.ndarray, view: str, checks: tuple[str, 
         altered = inputs
         if check in INPUT_CHECKS:
             altered = {**inputs, "image": torch.from_numpy(alter_inputs(maps, check, widths))}
+        if check == "nodule_removed":
+            altered["features"] = torch.full_like(inputs["features"], float("nan"))
         heat, probability = gradcam_batch(model, altered, layer)
         if reference is None:
             reference = heat

@@ -52,7 +52,7 @@ class ModelConfig:
     name: str = "small"
     image_size: int = 224
     patch_size: int = 16
-    in_channels: int = len(CHANNELS)
+    channels: tuple[str, ...] = CHANNELS
     hidden: int = 64
     n_layers: int = 4
     n_bidirectional: int = 2
@@ -66,6 +66,10 @@ class ModelConfig:
     n_classes: int = 2
 
     @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
 
@@ -74,6 +78,10 @@ class ModelConfig:
         return self.grid**2 + 1
 
     def validate(self) -> ModelConfig:
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if unknown or not self.channels or len(set(self.channels)) < len(self.channels):
+            raise InputError(f"model channels {list(self.channels)} must be distinct names "
+                             f"from {', '.join(CHANNELS)}")
         if self.image_size % self.patch_size:
             raise InputError(f"image size {self.image_size} is not a multiple of the patch size")
         if self.hidden % self.n_heads:
@@ -178,6 +186,10 @@ class LLNMNet(nn.Module):
         super().__init__()
         self.config = config.validate()
         h = config.hidden
+        # The model reads the channels of the location feature map its config names, in
+        # that order; None means all of them, as built.
+        self.channel_index = (None if tuple(config.channels) == CHANNELS else
+                              [CHANNELS.index(name) for name in config.channels])
         self.patch_embedding = nn.Conv2d(config.in_channels, h, config.patch_size,
                                          stride=config.patch_size)
         self.class_token = nn.Parameter(torch.zeros(1, 1, h))
@@ -294,7 +306,8 @@ class LLNMNet(nn.Module):
         Parameters
         ----------
         image : Tensor, shape (B, 5, 224, 224)
-            Location feature map (:func:`llnm3d.inputs.location_feature_map`).
+            Location feature map (:func:`llnm3d.inputs.location_feature_map`), every channel;
+            the model reads those of ``config.channels``.
         report_tokens : Tensor of int64, shape (B, L), optional
             Token ids from :func:`llnm3d.text.encode` (0 = padding).
         report_embeddings : Tensor, shape (B, L, D), optional
@@ -313,6 +326,8 @@ class LLNMNet(nn.Module):
         Tensor, shape (B, 2)
         """
         batch = image.shape[0]
+        if self.channel_index is not None:
+            image = image[:, self.channel_index]
         patches = self.patch_embedding(image).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.class_token.expand(batch, -1, -1), patches], dim=1)
         tokens = self.dropout(tokens + self.image_position)
@@ -361,12 +376,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[LL
     record = read_json(path.with_suffix(".json"))
     if record.get("format") != "llnm3d-llnm-net/1":
         raise InputError(f"{path.with_suffix('.json')}: not an LLNM-Net model record")
-    model = LLNMNet(ModelConfig(**record["config"]))
+    model = LLNMNet(config_from_record(record["config"]))
     weights = path.with_suffix(".safetensors")
     if not weights.exists():
         raise InputError(f"{weights}: weights not found")
     model.load_state_dict(load_file(str(weights), device=str(device)))
     return model.to(device).eval(), record
+
+
+def config_from_record(values: dict) -> ModelConfig:
+    """The ModelConfig of a model record's ``config``. Records written before models named
+    their channels hold ``in_channels`` (5): those models read every channel."""
+    values = {k: v for k, v in values.items() if k != "in_channels"}
+    values["channels"] = tuple(values.get("channels", CHANNELS))
+    return ModelConfig(**values)
 
 
 def config_named(name: str, **overrides) -> ModelConfig:

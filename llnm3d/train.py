@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .cases import Cases, load_cases
 from .checks import check_choice, check_number, check_optional_workers, check_seed
+from .inputs import CHANNELS
 from .io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
 from .manifest import Manifest, as_manifest
 from .model import CONFIGS, SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
@@ -61,6 +62,12 @@ class TrainSettings:
     modality_dropout : float
         Per-case probability of hiding each optional input, in [0, 1) (1 would hide them
         always).
+    channels : tuple of str
+        Channels of the location feature map the model reads (:data:`llnm3d.inputs.CHANNELS`,
+        in order).
+    nodule_dropout : float
+        Per-case probability of hiding the nodule-mask channels (mask and nodule proximity)
+        during training, in [0, 1): the model must then find the nodule in the image.
     """
 
     config: str = "small"
@@ -72,6 +79,8 @@ class TrainSettings:
     val_fraction: float = 0.2
     seed: int = 0
     modality_dropout: float = 0.15
+    channels: tuple[str, ...] = CHANNELS
+    nodule_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("config", self.config, CONFIGS)
@@ -85,6 +94,11 @@ class TrainSettings:
         check_seed(self.seed)
         check_number("modality_dropout", self.modality_dropout, low=0, high=1,
                      high_inclusive=False)
+        check_number("nodule_dropout", self.nodule_dropout, low=0, high=1,
+                     high_inclusive=False)
+        object.__setattr__(self, "channels", tuple(self.channels))
+        for name in self.channels:
+            check_choice("channel", name, CHANNELS)
 
 
 def split_by_patient(table: pd.DataFrame, val_fraction: float, seed: int
@@ -147,26 +161,37 @@ def _evaluate(model, cases, index, labels, device) -> tuple[float, float]:
     return loss, auc
 
 
-def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator) -> dict:
+def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator,
+                     nodule_rate: float = 0.0) -> dict:
     """Hide inputs at random, per case, so the model learns to predict without them.
 
     Each case independently loses, with probability ``rate``: its thyroid mask (proximity
     channel and availability flag zeroed, as for images without one), its report (all
     padding), its age (NaN) and its sex (unknown). Without this a model trained on complete
     phantom cases would meet a missing thyroid mask or report for the first time on real data.
+    With probability ``nodule_rate`` it also loses its nodule-mask channels (the mask and the
+    nodule proximity), so the model learns to find the nodule in the image rather than copy
+    the mask.
     """
-    if rate <= 0:
-        return inputs
-    batch = inputs["image"].shape[0]
-    draws = (torch.rand(4, batch, generator=generator) < rate).to(inputs["image"].device)
-    image = inputs["image"].clone()
-    image[draws[0], 1] = 0.0  # capsule proximity
-    image[draws[0], 3] = 0.0  # nodule proximity
-    image[draws[0], 4] = 0.0  # thyroid-mask flag
-    tokens = inputs["report_tokens"].masked_fill(draws[1][:, None], 0)
-    age = inputs["age"].masked_fill(draws[2], float("nan"))
-    sex = inputs["sex"].masked_fill(draws[3], SEX_UNKNOWN)
-    return {**inputs, "image": image, "report_tokens": tokens, "age": age, "sex": sex}
+    image = inputs["image"]
+    batch = image.shape[0]
+    if rate > 0:
+        draws = (torch.rand(4, batch, generator=generator) < rate).to(image.device)
+        image = image.clone()
+        image[draws[0], CHANNELS.index("capsule_proximity")] = 0.0
+        image[draws[0], CHANNELS.index("nodule_proximity")] = 0.0
+        image[draws[0], CHANNELS.index("thyroid_mask_given")] = 0.0
+        inputs = {**inputs, "image": image,
+                  "report_tokens": inputs["report_tokens"].masked_fill(draws[1][:, None], 0),
+                  "age": inputs["age"].masked_fill(draws[2], float("nan")),
+                  "sex": inputs["sex"].masked_fill(draws[3], SEX_UNKNOWN)}
+    if nodule_rate > 0:
+        hidden = (torch.rand(batch, generator=generator) < nodule_rate).to(image.device)
+        image = image.clone()
+        image[hidden, CHANNELS.index("nodule_mask")] = 0.0
+        image[hidden, CHANNELS.index("nodule_proximity")] = 0.0
+        inputs = {**inputs, "image": image}
+    return inputs
 
 
 def _learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
@@ -253,14 +278,15 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
                          f"validation {view} images; both need some")
     labels = cases.labels()
 
-    model = LLNMNet(config_named(settings.config)).to(device)
+    model = LLNMNet(config_named(settings.config, channels=settings.channels)).to(device)
     _set_feature_scaling(model, cases.features[train_index])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "position" in n]
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=settings.learning_rate)
-    run = {"manifest": str(manifest.source), "view": view, "settings": asdict(settings),
+    run = {"manifest": str(manifest.source), "view": view,
+           "settings": {**asdict(settings), "channels": list(settings.channels)},  # as JSON
            "n_train": int(len(train_index)), "n_val": int(len(val_index)),
            "data_sha256": _data_digest(cases, train_index, val_index)}
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": float("inf"),
@@ -292,7 +318,7 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
                                              steps_per_epoch)
             target = torch.from_numpy(labels[index]).to(device)
             inputs = _drop_modalities(cases.batch(index, device), settings.modality_dropout,
-                                      generator)
+                                      generator, settings.nodule_dropout)
             loss = F.cross_entropy(model(**inputs), target)
             optimiser.zero_grad()
             loss.backward()

@@ -22,6 +22,7 @@ from llnm3d.heatmap_checks import (
     rank_correlations,
 )
 from llnm3d.io import InputError
+from llnm3d.model import LLNMNet, config_named, save_model
 
 
 def _maps(width=160):
@@ -133,3 +134,19 @@ def test_heatmap_check_cli(cohort, model_dir, tmp_path):
     bad = runner.invoke(app, ["heatmap-check", "--manifest", str(cohort.out_dir / "manifest.csv"),
                               "--out", str(tmp_path), "--checks", "nodule_flipped"])
     assert bad.exit_code == 2 and "unknown check 'nodule_flipped'" in bad.output
+
+
+def test_a_model_without_nodule_channels_sees_only_the_mask_removal(cohort, tmp_path):
+    # Mirroring, shifting or dilating the mask changes nothing such a model reads; removing
+    # the mask also removes the morphology features measured on it.
+    torch.manual_seed(0)
+    config = config_named("small", channels=("bmode", "capsule_proximity",
+                                             "thyroid_mask_given"))
+    for view in ("transverse", "longitudinal"):
+        save_model(LLNMNet(config), tmp_path / "models" / view)
+    result = check_heatmaps(cohort.out_dir / "manifest.csv", model_dir=tmp_path / "models",
+                            checks=("nodule_mirrored", "nodule_removed"), limit=2,
+                            progress=False)
+    table = result.per_image.set_index(["case_id", "check"])["probability"].unstack()
+    np.testing.assert_array_equal(table["nodule_mirrored"], table["unaltered"])
+    assert (table["nodule_removed"] != table["unaltered"]).all()

@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from llnm3d.features import MODEL_FEATURES
+from llnm3d.inputs import CHANNELS
 from llnm3d.io import InputError
 from llnm3d.model import (
     CONFIGS,
@@ -127,3 +130,44 @@ def test_patch_map_layout():
     assert patch_map[0, 0, 0, 0] == 1 and patch_map[0, 0, 0, 1] == 2  # row-major, cls dropped
     assert patch_map[0, 0, 1, 0] == 15
     assert np.isclose(float(patch_map[0, 0, 13, 13]), 196)
+
+
+IMAGE_ONLY = ("bmode", "capsule_proximity", "thyroid_mask_given")
+
+
+def test_a_model_reads_only_the_channels_its_config_names(tmp_path):
+    torch.manual_seed(0)
+    config = config_named("small", **TINY, channels=IMAGE_ONLY)
+    model = LLNMNet(config).eval()
+    assert model.patch_embedding.in_channels == 3
+    batch = inputs()
+    nodule_hidden = {**batch, "image": batch["image"].clone()}
+    nodule_hidden["image"][:, [2, 3]] = 0.0  # the nodule channels, which it does not read
+    bmode_hidden = {**batch, "image": batch["image"].clone()}
+    bmode_hidden["image"][:, 0] = 0.0
+    with torch.no_grad():
+        assert torch.equal(model(**batch), model(**nodule_hidden))
+        assert not torch.allclose(model(**batch), model(**bmode_hidden))
+    save_model(model, tmp_path / "m")
+    loaded, record = load_model(tmp_path / "m")
+    assert record["config"]["channels"] == list(IMAGE_ONLY)
+    assert loaded.config.channels == IMAGE_ONLY
+    with torch.no_grad():
+        assert torch.equal(model(**batch), loaded(**batch))
+
+
+def test_records_from_before_named_channels_read_every_channel(tmp_path):
+    model = LLNMNet(config_named("small", **TINY)).eval()
+    save_model(model, tmp_path / "m")
+    record = json.loads((tmp_path / "m.json").read_text())
+    del record["config"]["channels"]
+    record["config"]["in_channels"] = 5
+    (tmp_path / "m.json").write_text(json.dumps(record))
+    loaded, _ = load_model(tmp_path / "m")
+    assert loaded.config.channels == CHANNELS and loaded.channel_index is None
+
+
+@pytest.mark.parametrize("channels", [(), ("bmode", "bmode"), ("bmode", "doppler")])
+def test_unknown_empty_or_repeated_channels_are_refused(channels):
+    with pytest.raises(InputError, match="model channels"):
+        LLNMNet(config_named("small", **TINY, channels=channels))

@@ -161,3 +161,57 @@ def test_modality_dropout_hides_inputs_like_real_missing_data():
     assert torch.all(dropped["sex"] == 2)
     kept = _drop_modalities(inputs, 0.0, torch.Generator().manual_seed(0))
     assert kept is inputs
+
+
+def test_nodule_dropout_hides_the_nodule_channels_only_at_its_rate():
+    from llnm3d.train import _drop_modalities
+
+    batch = 4000
+    inputs = {"image": torch.ones(batch, 5, 2, 2),
+              "report_tokens": torch.ones(batch, 5, dtype=torch.long),
+              "age": torch.full((batch,), 50.0), "sex": torch.zeros(batch, dtype=torch.long)}
+    dropped = _drop_modalities(inputs, 0.0, torch.Generator().manual_seed(0), nodule_rate=0.3)
+    hidden = dropped["image"][:, 2, 0, 0] == 0
+    assert 0.27 < hidden.float().mean() < 0.33
+    assert torch.all(dropped["image"][hidden][:, [2, 3]] == 0)
+    assert torch.all(dropped["image"][~hidden] == 1)
+    assert torch.all(dropped["image"][:, [0, 1, 4]] == 1)
+    assert torch.equal(dropped["report_tokens"], inputs["report_tokens"])
+    assert torch.all(inputs["image"] == 1)  # the caller's batch is left as it was
+
+
+def test_train_settings_refuse_unknown_channels():
+    with pytest.raises(InputError, match="did you mean 'nodule_mask'"):
+        TrainSettings(channels=("bmode", "nodule_masks"))
+    with pytest.raises(InputError, match="nodule_dropout"):
+        TrainSettings(nodule_dropout=1.0)
+
+
+def test_gradcam_equals_the_librarys_own_run_and_leaves_the_model_trainable(cohort, model_dir):
+    from dataclasses import replace
+
+    from pytorch_grad_cam import GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from llnm3d.cases import load_cases
+    from llnm3d.heatmap import _BoundInputs, gradcam_batch, load_view_model
+    from llnm3d.manifest import read_manifest
+
+    model, _ = load_view_model("transverse", model_dir)
+    manifest = read_manifest(cohort.out_dir / "manifest.csv")
+    manifest = replace(manifest, table=manifest.table[manifest.table["view"] == "transverse"]
+                       .head(4))
+    batch = load_cases(manifest, view="transverse", progress=False, workers=1).batch(
+        np.arange(4))
+    for layer, target in model.gradcam_layers().items():
+        library = GradCAMPlusPlus(
+            model=_BoundInputs(model, {k: v for k, v in batch.items() if k != "image"}),
+            target_layers=[target], reshape_transform=model.patch_map)
+        expected = np.nan_to_num(library(input_tensor=batch["image"],
+                                         targets=[ClassifierOutputTarget(1)] * 4))
+        library.activations_and_grads.release()
+        maps, _ = gradcam_batch(model, batch, layer)
+        np.testing.assert_allclose(maps, expected, atol=1e-6)
+        assert maps.any()
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(module._forward_hooks for module in model.modules())
