@@ -288,6 +288,9 @@ def train(
     nodule_dropout: Annotated[float | None, typer.Option(
         help="Per-case probability of hiding the nodule-mask channels during training "
              "(default: TrainSettings').")] = None,
+    shuffle_labels: Annotated[bool, typer.Option(
+        help="Train on labels permuted among the cases: the model of the label-randomisation "
+             "check of `llnm3d heatmap-check`, never a model to use.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if "
                                                        "available).")] = None,
     allow_outside: AllowOutsideOption = False,
@@ -304,7 +307,8 @@ def train(
             design["nodule_dropout"] = nodule_dropout
         settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size,
                                  learning_rate=learning_rate, seed=seed,
-                                 modality_dropout=modality_dropout, **design)
+                                 modality_dropout=modality_dropout,
+                                 shuffle_labels=shuffle_labels, **design)
         result = run(_read_manifest(manifest, allow_outside), view, out, settings,
                      device=device)
     _say(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "
@@ -346,12 +350,16 @@ def heatmap_check(
         help="Output folder (checks.csv per image, summary.csv, summary.json).")],
     model_dir: Annotated[Path | None, typer.Option(
         help="Folder with transverse.* and longitudinal.* models (default: bundled).")] = None,
+    random_labels_model_dir: Annotated[Path | None, typer.Option(
+        help="Folder with models of the same design trained on permuted labels (`llnm3d "
+             "train --shuffle-labels`): adds the label-randomisation check.")] = None,
     layer: Annotated[str, typer.Option(help="GradCAM++ layer: fused, last or bidirectional.")
                      ] = "fused",
     checks: Annotated[str | None, typer.Option(
         help="Comma-separated checks (default: all): nodule_mirrored, nodule_shifted, "
              "nodule_dilated, nodule_removed, thyroid_removed, random_head, random_blocks, "
-             "random_bidirectional, random_all.")] = None,
+             "random_bidirectional, random_all; random_labels with "
+             "--random-labels-model-dir).")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many images per view.")
                      ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weight randomisation.")] = 0,
@@ -366,7 +374,8 @@ def heatmap_check(
         result = check_heatmaps(
             _read_manifest(manifest, allow_outside), out, model_dir=model_dir, layer=layer,
             checks=tuple(checks.split(",")) if checks else CHECKS, limit=limit, seed=seed,
-            batch_size=batch_size, resize_masks=resize_masks)
+            batch_size=batch_size, resize_masks=resize_masks,
+            random_labels_model_dir=random_labels_model_dir)
     for row in result.summary.itertuples():
         _say(f"{row.view:12} {row.check:20} n={row.images:3} empty {row.empty_maps:3}  nodule mass "
              f"{row.nodule_mass:.2f} (kept {row.nodule_mass_kept:.2f})  thyroid mass "

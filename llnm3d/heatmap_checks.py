@@ -18,9 +18,10 @@ the same images as the unaltered heatmaps:
   and dilating keep the true nodule's features, so a model that reads no nodule channel
   (:attr:`llnm3d.model.ModelConfig.channels`) sees those three checks as the unaltered input.
 
-Label randomisation, the other test of Adebayo et al., needs a model trained on permuted
-labels: :func:`llnm3d.train.train` on a manifest whose labels are shuffled, then this module
-with ``--model-dir`` of that model.
+- **label randomisation**, the other test of Adebayo et al.: the heatmaps of a model of the
+  same design trained on permuted labels (``llnm3d train --shuffle-labels``), given as
+  ``random_labels_model_dir``. A heatmap that a model which learnt nothing about the outcome
+  reproduces shows the input and the architecture, not what predicts LLNM.
 
 Per image and check (on the model's 224x224 grid):
 
@@ -49,7 +50,7 @@ from .cases import Cases, load_cases
 from .checks import check_choice, check_number, check_seed
 from .heatmap import GRADCAM_LAYERS, gradcam_batch, load_view_model
 from .inputs import CHANNELS, SIZE_PX
-from .io import atomic_path, ensure_writable_dir, write_json
+from .io import InputError, atomic_path, ensure_writable_dir, write_json
 from .manifest import VIEWS, Manifest, as_manifest
 from .model import LLNMNet
 from .train import MAX_BATCH_SIZE
@@ -61,6 +62,9 @@ INPUT_CHECKS = ("nodule_mirrored", "nodule_shifted", "nodule_dilated", "nodule_r
 # Cumulative: each stage re-initialises its layers and keeps the stages before it random.
 RANDOM_STAGES = ("random_head", "random_blocks", "random_bidirectional", "random_all")
 CHECKS = ("unaltered", *INPUT_CHECKS, *RANDOM_STAGES)
+# Run when a model trained on permuted labels is given (it cannot be made from the model).
+RANDOM_LABELS = "random_labels"
+ALL_CHECKS = (*CHECKS, RANDOM_LABELS)
 COLUMNS = ["case_id", "view", "check", "empty", "nodule_mass", "thyroid_mass",
            "rank_correlation", "probability"]
 
@@ -182,6 +186,7 @@ def check_heatmaps(manifest: str | Path | Manifest, out_dir: str | Path | None =
                    model_dir: str | Path | None = None, layer: str = "fused",
                    checks: tuple[str, ...] = CHECKS, limit: int | None = None, seed: int = 0,
                    batch_size: int = 16, resize_masks: bool = False,
+                   random_labels_model_dir: str | Path | None = None,
                    progress: bool = True) -> CheckResult:
     """Run the heatmap sanity checks on the images of a manifest.
 
@@ -203,9 +208,17 @@ def check_heatmaps(manifest: str | Path | Manifest, out_dir: str | Path | None =
         Seed of the weight randomisation.
     batch_size : int
         Images per GradCAM++ pass.
+    random_labels_model_dir : path, optional
+        Folder with models of the same design trained on permuted labels; adds the
+        ``random_labels`` check (which needs it).
     """
     for check in checks:
-        check_choice("check", check, CHECKS)
+        check_choice("check", check, ALL_CHECKS)
+    if random_labels_model_dir is not None:
+        checks = (*checks, RANDOM_LABELS)
+    elif RANDOM_LABELS in checks:
+        raise InputError("the random_labels check needs models trained on permuted labels "
+                         "(random_labels_model_dir; `llnm3d train --shuffle-labels`)")
     check_choice("GradCAM++ layer", layer, GRADCAM_LAYERS)
     check_seed(seed)
     check_number("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE, integer=True)
@@ -228,6 +241,8 @@ def check_heatmaps(manifest: str | Path | Manifest, out_dir: str | Path | None =
         count = len(cases)
         models = {"unaltered": model} | {stage: randomised_model(model, stage, seed)
                                          for stage in RANDOM_STAGES if stage in checks}
+        if RANDOM_LABELS in checks:
+            models[RANDOM_LABELS], _ = load_view_model(view, random_labels_model_dir)
         bar = tqdm(total=count * len(checks), desc=f"heatmap checks ({view})", unit="map",
                    disable=not progress)
         for start in range(0, count, batch_size):
@@ -239,7 +254,9 @@ def check_heatmaps(manifest: str | Path | Manifest, out_dir: str | Path | None =
     if out_dir is not None:
         _save(result, ensure_writable_dir(out_dir), {
             "layer": layer, "checks": list(checks), "limit": limit, "seed": seed,
-            "dilation_px": DILATION_PX, "model_dir": str(model_dir) if model_dir else "bundled"})
+            "dilation_px": DILATION_PX, "model_dir": str(model_dir) if model_dir else "bundled",
+            "random_labels_model_dir": (str(random_labels_model_dir)
+                                        if random_labels_model_dir else None)})
     return result
 
 
@@ -291,7 +308,7 @@ def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
                .reset_index())
     unaltered = summary[summary["check"] == "unaltered"].set_index("view")["nodule_mass"]
     summary["nodule_mass_kept"] = summary["nodule_mass"] / summary["view"].map(unaltered)
-    order = {check: i for i, check in enumerate(CHECKS)}
+    order = {check: i for i, check in enumerate(ALL_CHECKS)}
     return summary.sort_values(["view", "check"], key=lambda s: s.map(order)
                                if s.name == "check" else s).reset_index(drop=True)
 

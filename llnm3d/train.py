@@ -68,6 +68,9 @@ class TrainSettings:
     nodule_dropout : float
         Per-case probability of hiding the nodule-mask channels (mask and nodule proximity)
         during training, in [0, 1): the model must then find the nodule in the image.
+    shuffle_labels : bool
+        Train on the labels permuted among the cases (seeded): the model of the
+        label-randomisation sanity check (:mod:`llnm3d.heatmap_checks`), never a model to use.
     """
 
     config: str = "small"
@@ -81,6 +84,7 @@ class TrainSettings:
     modality_dropout: float = 0.15
     channels: tuple[str, ...] = CHANNELS
     nodule_dropout: float = 0.0
+    shuffle_labels: bool = False
 
     def __post_init__(self) -> None:
         check_choice("config", self.config, CONFIGS)
@@ -131,6 +135,14 @@ def check_patient_split(train_patients, val_patients) -> None:
         shown = ", ".join(map(str, leaked[:5])) + (" ..." if len(leaked) > 5 else "")
         raise InputError(f"{len(leaked)} patient(s) on both sides of the train/val split "
                          f"({shown}); a patient's images must all be on one side")
+
+
+def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """``labels`` (0/1, -1 missing) permuted among the labelled cases, seeded; missing stay."""
+    out = labels.copy()
+    labelled = np.flatnonzero(labels >= 0)
+    out[labelled] = np.random.default_rng([seed, 1]).permutation(labels[labelled])
+    return out
 
 
 def _set_feature_scaling(model: LLNMNet, features: np.ndarray) -> None:
@@ -277,6 +289,8 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
         raise InputError(f"the split leaves {len(train_index)} training and {len(val_index)} "
                          f"validation {view} images; both need some")
     labels = cases.labels()
+    if settings.shuffle_labels:
+        labels = permuted_labels(labels, settings.seed)
 
     model = LLNMNet(config_named(settings.config, channels=settings.channels)).to(device)
     _set_feature_scaling(model, cases.features[train_index])

@@ -150,3 +150,19 @@ def test_a_model_without_nodule_channels_sees_only_the_mask_removal(cohort, tmp_
     table = result.per_image.set_index(["case_id", "check"])["probability"].unstack()
     np.testing.assert_array_equal(table["nodule_mirrored"], table["unaltered"])
     assert (table["nodule_removed"] != table["unaltered"]).all()
+
+
+def test_label_randomisation_check_compares_the_other_models_heatmaps(cohort, model_dir,
+                                                                      tmp_path):
+    # Given the trained models themselves as the "permuted-label" models, the check must find
+    # the very same maps: rank correlation 1 wherever the map is not empty.
+    result = check_heatmaps(cohort.out_dir / "manifest.csv", model_dir=model_dir,
+                            checks=("nodule_removed",), random_labels_model_dir=model_dir,
+                            limit=2, progress=False)
+    table = result.per_image
+    assert set(table["check"]) == {"unaltered", "nodule_removed", "random_labels"}
+    same = table[(table["check"] == "random_labels") & ~table["empty"]]
+    assert len(same) and np.allclose(same["rank_correlation"], 1.0)
+    with pytest.raises(InputError, match="random_labels check needs models"):
+        check_heatmaps(cohort.out_dir / "manifest.csv", model_dir=model_dir,
+                       checks=("random_labels",), limit=1, progress=False)

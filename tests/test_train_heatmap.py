@@ -215,3 +215,13 @@ def test_gradcam_equals_the_librarys_own_run_and_leaves_the_model_trainable(coho
         assert maps.any()
     assert all(p.requires_grad for p in model.parameters())
     assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_permuted_labels_keep_the_prevalence_and_the_missing():
+    from llnm3d.train import permuted_labels
+
+    labels = np.array([1, 0, -1, 1, 1, 0, 0, -1, 1, 0] * 50)
+    shuffled = permuted_labels(labels, seed=3)
+    assert np.array_equal(shuffled == -1, labels == -1)
+    assert shuffled.sum() == labels.sum() and not np.array_equal(shuffled, labels)
+    assert np.array_equal(shuffled, permuted_labels(labels, seed=3))
