@@ -451,3 +451,10 @@ def _default_atlas(spacing_mm: float) -> Atlas:
     atlas.labels.setflags(write=False)
     atlas.capsule_distance.setflags(write=False)
     return atlas
+
+
+def grid_signature(atlas: Atlas) -> dict:
+    """What identifies an atlas grid for patches: shape, origin and spacing."""
+    return {"shape_zyx": [int(n) for n in atlas.labels.shape],
+            "origin_mm": [float(o) for o in atlas.origin_mm],
+            "spacing_mm": float(atlas.spacing_mm)}

@@ -32,7 +32,7 @@ from skimage.measure import regionprops
 
 from .._version import __version__
 from ..annotations import BOX_NOTE, nodule_box, read_nodule_mask
-from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, part_name
+from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, grid_signature, part_name
 from ..checks import check_choice, check_number, check_optional_workers
 from ..io import (
     InputError,
@@ -51,7 +51,7 @@ from ..manifest import VIEWS, Manifest, as_manifest
 from ..parallel import map_cases
 from ..report_location import PROVENANCE_COLUMNS
 from ..resume import Resumed, claim_folder, finished_cases
-from .fusion import NoduleRegistration, Patch, fuse_views, grid_signature, register_nodule
+from .fusion import NoduleRegistration, Patch, fuse_views, register_nodule
 from .views import RegistrationError, ViewImage
 
 FORMAT = "llnm3d-registered/1"

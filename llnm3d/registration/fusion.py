@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ..atlas import Atlas, part_name
+from ..atlas import Atlas, grid_signature, part_name
 from ..checks import check_number
 from .views import RegistrationError, ViewImage, ViewRegistration, register_view
 
@@ -292,8 +292,3 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
                  for axis in range(mask.ndim))
 
 
-def grid_signature(atlas: Atlas) -> dict:
-    """What identifies an atlas grid for patches: shape, origin and spacing."""
-    return {"shape_zyx": [int(n) for n in atlas.labels.shape],
-            "origin_mm": [float(o) for o in atlas.origin_mm],
-            "spacing_mm": float(atlas.spacing_mm)}

@@ -38,7 +38,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._version import __version__
-from ..atlas import REGION_NAMES, Atlas, as_atlas
+from ..atlas import REGION_NAMES, Atlas, as_atlas, grid_signature
 from ..checks import check_choice, check_number, check_optional_workers, check_seed
 from ..io import (
     InputError,
@@ -57,7 +57,6 @@ from ..io import (
 from ..manifest import NUMERIC_RANGES
 from ..parallel import dask_session, map_cases
 from ..registration import Registered, load_registered
-from ..registration.fusion import grid_signature
 from ..resume import Resumed
 from .accumulate import (
     Accumulator,
