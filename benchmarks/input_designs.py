@@ -41,6 +41,9 @@ DESIGNS = {
     "mask_dropout": {"channels": CHANNELS, "nodule_dropout": 0.5},
     # No nodule channel: the mask reaches the model only through the morphology features.
     "image_only": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0},
+    # No nodule channel, and the mask is a training target: a head on the image tokens learns
+    # where the nodule is in the image.
+    "image_only_located": {"channels": NO_NODULE_CHANNELS, "nodule_loss_weight": 5.0},
 }
 KEY = ["patient_id", "nodule_id"]
 

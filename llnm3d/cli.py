@@ -288,6 +288,9 @@ def train(
     nodule_dropout: Annotated[float | None, typer.Option(
         help="Per-case probability of hiding the nodule-mask channels during training "
              "(default: TrainSettings').")] = None,
+    nodule_loss_weight: Annotated[float | None, typer.Option(
+        help="Weight of the auxiliary loss that teaches the model where the nodule is, per "
+             "patch (0: none; default: TrainSettings').")] = None,
     shuffle_labels: Annotated[bool, typer.Option(
         help="Train on labels permuted among the cases: the model of the label-randomisation "
              "check of `llnm3d heatmap-check`, never a model to use.")] = False,
@@ -305,6 +308,8 @@ def train(
             design["channels"] = tuple(c.strip() for c in channels.split(",") if c.strip())
         if nodule_dropout is not None:
             design["nodule_dropout"] = nodule_dropout
+        if nodule_loss_weight is not None:
+            design["nodule_loss_weight"] = nodule_loss_weight
         settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size,
                                  learning_rate=learning_rate, seed=seed,
                                  modality_dropout=modality_dropout,

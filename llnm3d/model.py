@@ -64,6 +64,7 @@ class ModelConfig:
     report_embedding_dim: int = 0
     n_features: int = len(MODEL_FEATURES)
     n_classes: int = 2
+    nodule_head: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -218,6 +219,9 @@ class LLNMNet(nn.Module):
             Block(config) for _ in range(config.n_layers - config.n_bidirectional))
         self.norm = nn.LayerNorm(h)
         self.head = nn.Linear(h, config.n_classes)
+        # Training only: where the nodule is, per patch, read from the image tokens leaving the
+        # bidirectional blocks (see :meth:`forward`'s ``return_nodule``).
+        self.nodule_head = nn.Linear(h, 1) if config.nodule_head else None
         self._initialise()
 
     def _initialise(self) -> None:
@@ -300,7 +304,8 @@ class LLNMNet(nn.Module):
     def forward(self, image: torch.Tensor, report_tokens: torch.Tensor | None = None,
                 report_embeddings: torch.Tensor | None = None,
                 features: torch.Tensor | None = None, sex: torch.Tensor | None = None,
-                age: torch.Tensor | None = None) -> torch.Tensor:
+                age: torch.Tensor | None = None, return_nodule: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Two-class logits.
 
         Parameters
@@ -320,10 +325,14 @@ class LLNMNet(nn.Module):
             0 female, 1 male, 2 unknown.
         age : Tensor, shape (B,), optional
             Age in years; NaN = unknown.
+        return_nodule : bool
+            Also return the nodule head's logits per patch, shape (B, grid, grid) (a model
+            built with ``nodule_head``; used by training).
 
         Returns
         -------
         Tensor, shape (B, 2)
+            Or ``(logits, nodule_logits)`` with ``return_nodule``.
         """
         batch = image.shape[0]
         if self.channel_index is not None:
@@ -335,6 +344,12 @@ class LLNMNet(nn.Module):
                                                features, sex, age)
         for block in self.bidirectional:
             tokens, text = block(tokens, text, text_padding)
+        nodule = None
+        if return_nodule:
+            if self.nodule_head is None:
+                raise InputError("this model was built without a nodule head")
+            grid = self.config.grid
+            nodule = self.nodule_head(tokens[:, 1:]).reshape(batch, grid, grid)
         tokens = torch.cat([tokens, text], dim=1)
         padding = torch.cat([torch.zeros(batch, self.config.n_image_tokens, dtype=torch.bool,
                                          device=image.device), text_padding], dim=1)
@@ -343,7 +358,8 @@ class LLNMNet(nn.Module):
         tokens = self.norm(tokens)
         keep = (~padding).unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * keep).sum(1) / keep.sum(1)
-        return self.head(pooled)
+        logits = self.head(pooled)
+        return (logits, nodule) if nodule is not None else logits
 
 
 def parameter_count(model: nn.Module) -> int:

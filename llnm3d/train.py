@@ -68,6 +68,11 @@ class TrainSettings:
     nodule_dropout : float
         Per-case probability of hiding the nodule-mask channels (mask and nodule proximity)
         during training, in [0, 1): the model must then find the nodule in the image.
+    nodule_loss_weight : float
+        Weight, in [0, 100], of an auxiliary loss that teaches the model where the nodule is:
+        a head on the image tokens predicts, per 16x16 patch, the share of it inside the
+        nodule mask (binary cross-entropy). The mask is then a training target, not only an
+        input. 0 (no head) by default.
     shuffle_labels : bool
         Train on the labels permuted among the cases (seeded): the model of the
         label-randomisation sanity check (:mod:`llnm3d.heatmap_checks`), never a model to use.
@@ -84,6 +89,7 @@ class TrainSettings:
     modality_dropout: float = 0.15
     channels: tuple[str, ...] = CHANNELS
     nodule_dropout: float = 0.0
+    nodule_loss_weight: float = 0.0
     shuffle_labels: bool = False
 
     def __post_init__(self) -> None:
@@ -100,6 +106,7 @@ class TrainSettings:
                      high_inclusive=False)
         check_number("nodule_dropout", self.nodule_dropout, low=0, high=1,
                      high_inclusive=False)
+        check_number("nodule_loss_weight", self.nodule_loss_weight, low=0, high=100)
         object.__setattr__(self, "channels", tuple(self.channels))
         for name in self.channels:
             check_choice("channel", name, CHANNELS)
@@ -143,6 +150,13 @@ def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
     labelled = np.flatnonzero(labels >= 0)
     out[labelled] = np.random.default_rng([seed, 1]).permutation(labels[labelled])
     return out
+
+
+def nodule_share(image: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Share of each patch inside the nodule mask, shape (B, grid, grid), from location
+    feature maps (B, 5, 224, 224): the target of the nodule head."""
+    mask = image[:, CHANNELS.index("nodule_mask")]
+    return F.avg_pool2d(mask[:, None], patch_size)[:, 0]
 
 
 def _set_feature_scaling(model: LLNMNet, features: np.ndarray) -> None:
@@ -292,7 +306,8 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
     if settings.shuffle_labels:
         labels = permuted_labels(labels, settings.seed)
 
-    model = LLNMNet(config_named(settings.config, channels=settings.channels)).to(device)
+    model = LLNMNet(config_named(settings.config, channels=settings.channels,
+                                 nodule_head=settings.nodule_loss_weight > 0)).to(device)
     _set_feature_scaling(model, cases.features[train_index])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "position" in n]
@@ -331,9 +346,16 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
                 group["lr"] = _learning_rate(settings, (epoch - 1) * steps_per_epoch + step,
                                              steps_per_epoch)
             target = torch.from_numpy(labels[index]).to(device)
-            inputs = _drop_modalities(cases.batch(index, device), settings.modality_dropout,
-                                      generator, settings.nodule_dropout)
-            loss = F.cross_entropy(model(**inputs), target)
+            batch = cases.batch(index, device)
+            inputs = _drop_modalities(batch, settings.modality_dropout, generator,
+                                      settings.nodule_dropout)
+            if settings.nodule_loss_weight > 0:
+                logits, nodule_logits = model(**inputs, return_nodule=True)
+                loss = F.cross_entropy(logits, target) + settings.nodule_loss_weight * (
+                    F.binary_cross_entropy_with_logits(
+                        nodule_logits, nodule_share(batch["image"], model.config.patch_size)))
+            else:
+                loss = F.cross_entropy(model(**inputs), target)
             optimiser.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

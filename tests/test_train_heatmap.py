@@ -225,3 +225,24 @@ def test_permuted_labels_keep_the_prevalence_and_the_missing():
     assert np.array_equal(shuffled == -1, labels == -1)
     assert shuffled.sum() == labels.sum() and not np.array_equal(shuffled, labels)
     assert np.array_equal(shuffled, permuted_labels(labels, seed=3))
+
+
+def test_nodule_share_is_the_masked_fraction_of_each_patch():
+    from llnm3d.train import nodule_share
+
+    image = torch.zeros(1, 5, 224, 224)
+    image[0, 2, 16:32, 32:48] = 1.0  # patch (1, 2) entirely
+    image[0, 2, 0:8, 0:16] = 1.0  # half of patch (0, 0)
+    share = nodule_share(image, 16)
+    assert share.shape == (1, 14, 14)
+    assert share[0, 1, 2] == 1.0 and share[0, 0, 0] == 0.5 and share.sum() == 1.5
+
+
+def test_training_with_the_nodule_loss_saves_a_model_that_loads(cohort, tmp_path):
+    settings = TrainSettings(epochs=1, batch_size=8, warmup_epochs=1, nodule_loss_weight=5.0,
+                             channels=("bmode", "capsule_proximity", "thyroid_mask_given"))
+    train(cohort.out_dir / "manifest.csv", "transverse", tmp_path, settings, progress=False,
+          workers=1)
+    model, record = load_model(tmp_path / "model")
+    assert record["config"]["nodule_head"] and model.nodule_head is not None
+    assert model.config.channels == settings.channels
