@@ -316,9 +316,9 @@ def train(
                                  shuffle_labels=shuffle_labels, **design)
         result = run(_read_manifest(manifest, allow_outside), view, out, settings,
                      device=device)
-    _say(f"best epoch {result['best_epoch']}: val loss {result['val_loss']:.4f}, "
-         f"val AUC {result['val_auc']:.3f}; model in {out}")
-    _report_failures(result["failures"], "case")
+    _say(f"best epoch {result.best_epoch}: val loss {result.val_loss:.4f}, "
+         f"val AUC {result.val_auc:.3f}; model in {out}")
+    _report_failures(result.failures, "case")
 
 
 @app.command()

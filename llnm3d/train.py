@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,35 @@ class TrainSettings:
         object.__setattr__(self, "channels", tuple(self.channels))
         for name in self.channels:
             check_choice("channel", name, CHANNELS)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes
+    ----------
+    out_dir : Path
+        Holds ``model.*`` (the best epoch), ``checkpoint.*`` and ``history.csv``.
+    best_epoch : int
+        The epoch of lowest validation loss, the one saved as ``model.*``.
+    val_loss, val_auc : float
+        Its validation loss and AUC.
+    parameters : int
+        Trainable parameters.
+    history : DataFrame
+        Per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_auc``.
+    failures : list of (case_id, reason)
+        Cases that could not be read.
+    """
+
+    out_dir: Path
+    best_epoch: int
+    val_loss: float
+    val_auc: float
+    parameters: int
+    history: pd.DataFrame
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 def split_by_patient(table: pd.DataFrame, val_fraction: float, seed: int
@@ -270,8 +299,8 @@ def _load_checkpoint(out_dir: Path, model, optimiser) -> dict:
 
 def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
           settings: TrainSettings = TrainSettings(), device: str | None = None,
-          workers: int | None = None, progress: bool = True) -> dict:
-    """Train LLNM-Net on one view of a cohort; return a summary (history, best epoch, paths).
+          workers: int | None = None, progress: bool = True) -> TrainResult:
+    """Train LLNM-Net on one view of a cohort.
 
     Parameters
     ----------
@@ -381,7 +410,7 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
     with atomic_path(out_dir / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
     best = history.loc[history["val_loss"].idxmin()]
-    return {"out_dir": str(out_dir), "best_epoch": int(best["epoch"]),
-            "val_loss": float(best["val_loss"]), "val_auc": float(best["val_auc"]),
-            "parameters": parameter_count(model), "failures": cases.failures,
-            "history": history}
+    return TrainResult(out_dir=out_dir, best_epoch=int(best["epoch"]),
+                       val_loss=float(best["val_loss"]), val_auc=float(best["val_auc"]),
+                       parameters=parameter_count(model), history=history,
+                       failures=cases.failures)

@@ -63,7 +63,7 @@ def test_training_refuses_a_leaky_manifest_split(cohort, tmp_path):
 def test_train_saves_safetensors_and_resumes_identically(cohort, tmp_path, monkeypatch):
     manifest = cohort.out_dir / "manifest.csv"
     full = train(manifest, "transverse", tmp_path / "full", FAST, progress=False, workers=1)
-    assert list(full["history"]["epoch"]) == [1, 2]
+    assert list(full.history["epoch"]) == [1, 2]
     assert (tmp_path / "full" / "model.safetensors").exists()
     assert not list((tmp_path / "full").glob("*.pt"))
 
@@ -82,7 +82,7 @@ def test_train_saves_safetensors_and_resumes_identically(cohort, tmp_path, monke
     monkeypatch.setattr(train_module, "_evaluate", real_evaluate)
     resumed = train(manifest, "transverse", tmp_path / "resumed", FAST, progress=False,
                     workers=1)
-    pd.testing.assert_frame_equal(resumed["history"], full["history"])
+    pd.testing.assert_frame_equal(resumed.history, full.history)
     a, _ = load_model(tmp_path / "full" / "model")
     b, _ = load_model(tmp_path / "resumed" / "model")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
