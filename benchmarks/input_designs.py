@@ -5,8 +5,8 @@ Usage::
     python benchmarks/input_designs.py --train-cohort DIR --checks-cohort DIR \
         --auc-cohort DIR --out DIR [--designs NAME ...] [--views transverse ...] [--epochs 12]
 
-Every design (:data:`DESIGNS`) is trained with ``llnm3d train``'s defaults but for its channels
-and nodule dropout (resumable: a design already trained in ``--out`` is not trained again),
+Every design (:data:`DESIGNS`) is trained with ``llnm3d train``'s defaults but for the input
+settings it names (resumable: a design already trained in ``--out`` is not trained again),
 then checked on cohorts never used in training:
 
 - ``--checks-cohort``: :func:`llnm3d.heatmap_checks.check_heatmaps` (layer ``fused``), its
@@ -14,8 +14,10 @@ then checked on cohorts never used in training:
 - ``--auc-cohort``: AUC per view and per nodule (mean of the views' probabilities) against the
   labels and against the true planted risk (the Bayes-optimal AUC on the same nodules).
 
-Writes ``<out>/<design>/{runs,models,checks}`` and ``<out>/summary.csv`` (one row per design and
-view: the targets of issue 13 side by side) and prints it as a Markdown table.
+``--trained NAME=DIR`` adds models trained elsewhere (e.g. the weights bundled before issue
+13, from git history), measured the same way. Writes ``<out>/<design>/{runs,models,checks}``
+and ``<out>/summary.csv`` (one row per design and view: the targets of issue 13 side by side)
+and prints it as a Markdown table.
 """
 
 import argparse
@@ -36,14 +38,16 @@ from llnm3d.train import TrainSettings, predict_proba, train
 NO_NODULE_CHANNELS = tuple(c for c in CHANNELS if c not in ("nodule_mask", "nodule_proximity"))
 DESIGNS = {
     # The design of the weights bundled before issue 13: the nodule mask is a channel.
-    "mask_channel": {"channels": CHANNELS, "nodule_dropout": 0.0},
+    "mask_channel": {"channels": CHANNELS, "nodule_dropout": 0.0, "nodule_loss_weight": 0.0},
     # The mask stays a channel, hidden from half the training cases.
-    "mask_dropout": {"channels": CHANNELS, "nodule_dropout": 0.5},
+    "mask_dropout": {"channels": CHANNELS, "nodule_dropout": 0.5, "nodule_loss_weight": 0.0},
     # No nodule channel: the mask reaches the model only through the morphology features.
-    "image_only": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0},
+    "image_only": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0,
+                   "nodule_loss_weight": 0.0},
     # No nodule channel, and the mask is a training target: a head on the image tokens learns
     # where the nodule is in the image.
-    "image_only_located": {"channels": NO_NODULE_CHANNELS, "nodule_loss_weight": 5.0},
+    "image_only_located": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0,
+                           "nodule_loss_weight": 5.0},
 }
 KEY = ["patient_id", "nodule_id"]
 
@@ -89,10 +93,15 @@ def main() -> None:
     parser.add_argument("--views", nargs="+", default=["transverse", "longitudinal"])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--limit", type=int, default=None, help="images per view to check")
+    parser.add_argument("--trained", nargs="*", default=[], metavar="NAME=DIR",
+                        help="models already trained elsewhere, measured as they are (a folder "
+                             "with <view>.safetensors/.json, e.g. earlier bundled weights)")
     args = parser.parse_args()
+    trained = dict(item.split("=", 1) for item in args.trained)
     rows = []
-    for design in args.designs:
-        models = train_design(design, args.views, args.train_cohort, args.out, args.epochs)
+    for design in [*trained, *args.designs]:
+        models = (Path(trained[design]) if design in trained else
+                  train_design(design, args.views, args.train_cohort, args.out, args.epochs))
         manifest = read_manifest(args.checks_cohort / "manifest.csv")
         manifest = replace(manifest, table=manifest.table[
             manifest.table["view"].isin(args.views)])
