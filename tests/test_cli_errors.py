@@ -156,7 +156,7 @@ def test_build_site_on_a_read_only_file_system_is_one_line(site, monkeypatch):
     def read_only(path, text):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
-    monkeypatch.setattr("llnm3d.site.write_text", read_only)
+    monkeypatch.setattr("llnm3d.site.build.write_text", read_only)
     line = error_line(runner.invoke(app, ["build-site", "--points", str(PUBLISHED), "--out",
                                           str(site)]))
     assert line.startswith(f"error: cannot write {site.parent}")
