@@ -38,16 +38,22 @@ from llnm3d.train import TrainSettings, predict_proba, train
 NO_NODULE_CHANNELS = tuple(c for c in CHANNELS if c not in ("nodule_mask", "nodule_proximity"))
 DESIGNS = {
     # The design of the weights bundled before issue 13: the nodule mask is a channel.
-    "mask_channel": {"channels": CHANNELS, "nodule_dropout": 0.0, "nodule_loss_weight": 0.0},
+    "mask_channel": {"channels": CHANNELS, "nodule_dropout": 0.0, "nodule_swap": 0.0,
+                     "nodule_loss_weight": 0.0},
     # The mask stays a channel, hidden from half the training cases.
-    "mask_dropout": {"channels": CHANNELS, "nodule_dropout": 0.5, "nodule_loss_weight": 0.0},
+    "mask_dropout": {"channels": CHANNELS, "nodule_dropout": 0.5, "nodule_swap": 0.0,
+                     "nodule_loss_weight": 0.0},
     # No nodule channel: the mask reaches the model only through the morphology features.
-    "image_only": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0,
+    "image_only": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0, "nodule_swap": 0.0,
                    "nodule_loss_weight": 0.0},
     # No nodule channel, and the mask is a training target: a head on the image tokens learns
     # where the nodule is in the image.
     "image_only_located": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0,
-                           "nodule_loss_weight": 5.0},
+                           "nodule_swap": 0.0, "nodule_loss_weight": 5.0},
+    # The mask is a channel but a hint: hidden from a quarter of the training cases, another
+    # case's mask for another quarter, and the nodule head learns where the true nodule is.
+    "mask_hint": {"channels": CHANNELS, "nodule_dropout": 0.25, "nodule_swap": 0.25,
+                  "nodule_loss_weight": 5.0},
 }
 KEY = ["patient_id", "nodule_id"]
 

@@ -219,9 +219,10 @@ class LLNMNet(nn.Module):
             Block(config) for _ in range(config.n_layers - config.n_bidirectional))
         self.norm = nn.LayerNorm(h)
         self.head = nn.Linear(h, config.n_classes)
-        # Training only: where the nodule is, per patch, read from the image tokens leaving the
-        # bidirectional blocks (see :meth:`forward`'s ``return_nodule``).
-        self.nodule_head = nn.Linear(h, 1) if config.nodule_head else None
+        # Training only: where the nodule is and how close it comes to the capsule, per patch,
+        # read from the image tokens leaving the bidirectional blocks (see :meth:`forward`'s
+        # ``return_nodule``).
+        self.nodule_head = nn.Linear(h, 2) if config.nodule_head else None
         self._initialise()
 
     def _initialise(self) -> None:
@@ -326,8 +327,9 @@ class LLNMNet(nn.Module):
         age : Tensor, shape (B,), optional
             Age in years; NaN = unknown.
         return_nodule : bool
-            Also return the nodule head's logits per patch, shape (B, grid, grid) (a model
-            built with ``nodule_head``; used by training).
+            Also return the nodule head's two logits per patch, shape (B, 2, grid, grid): the
+            share of the patch inside the nodule and its mean nodule proximity (a model built
+            with ``nodule_head``; used by training, :func:`llnm3d.train.nodule_targets`).
 
         Returns
         -------
@@ -349,7 +351,8 @@ class LLNMNet(nn.Module):
             if self.nodule_head is None:
                 raise InputError("this model was built without a nodule head")
             grid = self.config.grid
-            nodule = self.nodule_head(tokens[:, 1:]).reshape(batch, grid, grid)
+            nodule = self.nodule_head(tokens[:, 1:]).transpose(1, 2).reshape(
+                batch, 2, grid, grid)
         tokens = torch.cat([tokens, text], dim=1)
         padding = torch.cat([torch.zeros(batch, self.config.n_image_tokens, dtype=torch.bool,
                                          device=image.device), text_padding], dim=1)

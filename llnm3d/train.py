@@ -68,11 +68,15 @@ class TrainSettings:
     nodule_dropout : float
         Per-case probability of hiding the nodule-mask channels (mask and nodule proximity)
         during training, in [0, 1): the model must then find the nodule in the image.
+    nodule_swap : float
+        Per-case probability of showing the model another case's nodule mask during training,
+        in [0, 1 - nodule_dropout]: the mask becomes a hint the image must confirm.
     nodule_loss_weight : float
-        Weight, in [0, 100], of an auxiliary loss that teaches the model where the nodule is:
-        a head on the image tokens predicts, per 16x16 patch, the share of it inside the
-        nodule mask (binary cross-entropy). The mask is then a training target, not only an
-        input. 0 (no head) by default.
+        Weight, in [0, 100], of an auxiliary loss that teaches the model where the nodule is
+        and how close it comes to the capsule: a head on the image tokens predicts, per 16x16
+        patch, the share of it inside the nodule mask and its mean nodule proximity (binary
+        cross-entropy; :func:`nodule_targets`). The mask is then a training target, not only
+        an input. 0 (no head) by default.
     shuffle_labels : bool
         Train on the labels permuted among the cases (seeded): the model of the
         label-randomisation sanity check (:mod:`llnm3d.heatmap_checks`), never a model to use.
@@ -89,6 +93,7 @@ class TrainSettings:
     modality_dropout: float = 0.15
     channels: tuple[str, ...] = CHANNELS
     nodule_dropout: float = 0.0
+    nodule_swap: float = 0.0
     nodule_loss_weight: float = 0.0
     shuffle_labels: bool = False
 
@@ -106,6 +111,7 @@ class TrainSettings:
                      high_inclusive=False)
         check_number("nodule_dropout", self.nodule_dropout, low=0, high=1,
                      high_inclusive=False)
+        check_number("nodule_swap", self.nodule_swap, low=0, high=1 - self.nodule_dropout)
         check_number("nodule_loss_weight", self.nodule_loss_weight, low=0, high=100)
         object.__setattr__(self, "channels", tuple(self.channels))
         for name in self.channels:
@@ -181,11 +187,25 @@ def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-def nodule_share(image: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Share of each patch inside the nodule mask, shape (B, grid, grid), from location
-    feature maps (B, 5, 224, 224): the target of the nodule head."""
-    mask = image[:, CHANNELS.index("nodule_mask")]
-    return F.avg_pool2d(mask[:, None], patch_size)[:, 0]
+def nodule_targets(image: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """What the nodule head learns, per patch, from location feature maps (B, 5, 224, 224):
+    the share of the patch inside the nodule mask and the patch's mean nodule proximity (how
+    close the nodule comes to the capsule there; 0 without a thyroid mask). Shape
+    (B, 2, grid, grid), values in 0..1."""
+    channels = [CHANNELS.index("nodule_mask"), CHANNELS.index("nodule_proximity")]
+    return F.avg_pool2d(image[:, channels], patch_size)
+
+
+def nodule_truth(batch: dict, inputs: dict) -> torch.Tensor:
+    """Location feature maps to take the nodule head's targets from: the true nodule mask
+    (whatever the model was shown of it), and the nodule proximity as the capsule proximity
+    the model was shown (zero where training hid the thyroid mask) inside it."""
+    image = inputs["image"].clone()
+    mask = CHANNELS.index("nodule_mask")
+    image[:, mask] = batch["image"][:, mask]
+    image[:, CHANNELS.index("nodule_proximity")] = (
+        image[:, CHANNELS.index("capsule_proximity")] * image[:, mask])
+    return image
 
 
 def _set_feature_scaling(model: LLNMNet, features: np.ndarray) -> None:
@@ -217,7 +237,7 @@ def _evaluate(model, cases, index, labels, device) -> tuple[float, float]:
 
 
 def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator,
-                     nodule_rate: float = 0.0) -> dict:
+                     nodule_rate: float = 0.0, swap_rate: float = 0.0) -> dict:
     """Hide inputs at random, per case, so the model learns to predict without them.
 
     Each case independently loses, with probability ``rate``: its thyroid mask (proximity
@@ -226,7 +246,9 @@ def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator,
     phantom cases would meet a missing thyroid mask or report for the first time on real data.
     With probability ``nodule_rate`` it also loses its nodule-mask channels (the mask and the
     nodule proximity), so the model learns to find the nodule in the image rather than copy
-    the mask.
+    the mask; otherwise, with probability ``swap_rate``, it is shown the nodule mask of the
+    next case in the batch instead of its own (a wrong annotation), so the model learns that
+    the mask is a hint the image must confirm.
     """
     image = inputs["image"]
     batch = image.shape[0]
@@ -240,11 +262,16 @@ def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator,
                   "report_tokens": inputs["report_tokens"].masked_fill(draws[1][:, None], 0),
                   "age": inputs["age"].masked_fill(draws[2], float("nan")),
                   "sex": inputs["sex"].masked_fill(draws[3], SEX_UNKNOWN)}
-    if nodule_rate > 0:
-        hidden = (torch.rand(batch, generator=generator) < nodule_rate).to(image.device)
+    if nodule_rate > 0 or swap_rate > 0:
+        draw = torch.rand(batch, generator=generator).to(image.device)
+        hidden, swapped = draw < nodule_rate, draw >= 1 - swap_rate
+        mask, proximity = CHANNELS.index("nodule_mask"), CHANNELS.index("nodule_proximity")
         image = image.clone()
-        image[hidden, CHANNELS.index("nodule_mask")] = 0.0
-        image[hidden, CHANNELS.index("nodule_proximity")] = 0.0
+        image[swapped, mask] = image.roll(-1, dims=0)[swapped, mask]
+        image[swapped, proximity] = (image[swapped, CHANNELS.index("capsule_proximity")]
+                                     * image[swapped, mask])
+        image[hidden, mask] = 0.0
+        image[hidden, proximity] = 0.0
         inputs = {**inputs, "image": image}
     return inputs
 
@@ -377,12 +404,13 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
             target = torch.from_numpy(labels[index]).to(device)
             batch = cases.batch(index, device)
             inputs = _drop_modalities(batch, settings.modality_dropout, generator,
-                                      settings.nodule_dropout)
+                                      settings.nodule_dropout, settings.nodule_swap)
             if settings.nodule_loss_weight > 0:
                 logits, nodule_logits = model(**inputs, return_nodule=True)
                 loss = F.cross_entropy(logits, target) + settings.nodule_loss_weight * (
                     F.binary_cross_entropy_with_logits(
-                        nodule_logits, nodule_share(batch["image"], model.config.patch_size)))
+                        nodule_logits, nodule_targets(nodule_truth(batch, inputs),
+                                                      model.config.patch_size)))
             else:
                 loss = F.cross_entropy(model(**inputs), target)
             optimiser.zero_grad()

@@ -173,11 +173,11 @@ def test_unknown_empty_or_repeated_channels_are_refused(channels):
         LLNMNet(config_named("small", **TINY, channels=channels))
 
 
-def test_nodule_head_gives_one_logit_per_patch_and_only_when_built():
+def test_nodule_head_gives_two_logits_per_patch_and_only_when_built():
     model = LLNMNet(config_named("small", **TINY, nodule_head=True)).eval()
     with torch.no_grad():
         logits, nodule = model(**inputs(), return_nodule=True)
-        assert logits.shape == (2, 2) and nodule.shape == (2, 14, 14)
+        assert logits.shape == (2, 2) and nodule.shape == (2, 2, 14, 14)
         assert torch.equal(model(**inputs()), logits)
     with pytest.raises(InputError, match="without a nodule head"):
         LLNMNet(config_named("small", **TINY))(**inputs(), return_nodule=True)

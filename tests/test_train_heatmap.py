@@ -227,15 +227,28 @@ def test_permuted_labels_keep_the_prevalence_and_the_missing():
     assert np.array_equal(shuffled, permuted_labels(labels, seed=3))
 
 
-def test_nodule_share_is_the_masked_fraction_of_each_patch():
-    from llnm3d.train import nodule_share
+def test_nodule_targets_are_the_masked_share_and_proximity_of_each_patch():
+    from llnm3d.train import _drop_modalities, nodule_targets, nodule_truth
 
-    image = torch.zeros(1, 5, 224, 224)
-    image[0, 2, 16:32, 32:48] = 1.0  # patch (1, 2) entirely
-    image[0, 2, 0:8, 0:16] = 1.0  # half of patch (0, 0)
-    share = nodule_share(image, 16)
-    assert share.shape == (1, 14, 14)
-    assert share[0, 1, 2] == 1.0 and share[0, 0, 0] == 0.5 and share.sum() == 1.5
+    image = torch.zeros(2, 5, 224, 224)
+    image[:, 1] = 0.5  # capsule proximity everywhere
+    image[:, 2, 16:32, 32:48] = 1.0  # patch (1, 2) entirely
+    image[:, 2, 0:8, 0:16] = 1.0  # half of patch (0, 0)
+    image[:, 3] = image[:, 1] * image[:, 2]
+    targets = nodule_targets(image, 16)
+    assert targets.shape == (2, 2, 14, 14)
+    assert targets[0, 0, 1, 2] == 1.0 and targets[0, 0, 0, 0] == 0.5
+    assert targets[0, 0].sum() == 1.5 and targets[0, 1].sum() == 0.75
+    # Training hides the nodule channels from the model, not from its targets; a hidden
+    # thyroid mask leaves no proximity to learn.
+    batch = {"image": image, "report_tokens": torch.ones(2, 3, dtype=torch.long),
+             "age": torch.full((2,), 50.0), "sex": torch.zeros(2, dtype=torch.long)}
+    shown = _drop_modalities(batch, 0.0, torch.Generator().manual_seed(0), nodule_rate=1.0)
+    assert not shown["image"][:, 2].any()
+    assert torch.equal(nodule_targets(nodule_truth(batch, shown), 16), targets)
+    no_thyroid = _drop_modalities(batch, 1.0, torch.Generator().manual_seed(0))
+    truth = nodule_targets(nodule_truth(batch, no_thyroid), 16)
+    assert torch.equal(truth[:, 0], targets[:, 0]) and not truth[:, 1].any()
 
 
 def test_training_with_the_nodule_loss_saves_a_model_that_loads(cohort, tmp_path):
