@@ -168,7 +168,7 @@ def _write_case(out_dir: Path, cases: Cases, position: int | np.integer, cam_map
               view=str(row["view"]), model_version=version, input_digest=input_digest)
 
 
-def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path,
+def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path, *,
                      model_dir: str | Path | None = None, batch_size: int = 16,
                      device: str | None = None, workers: int | None = None,
                      progress: bool = True, resize_masks: bool = False,

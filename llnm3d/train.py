@@ -325,7 +325,7 @@ def _load_checkpoint(out_dir: Path, model, optimiser) -> dict:
 
 
 def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
-          settings: TrainSettings = TrainSettings(), device: str | None = None,
+          settings: TrainSettings = TrainSettings(), *, device: str | None = None,
           workers: int | None = None, progress: bool = True) -> TrainResult:
     """Train LLNM-Net on one view of a cohort.
 
