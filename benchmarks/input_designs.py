@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--checks-cohort", type=Path, required=True)
     parser.add_argument("--auc-cohort", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
+    parser.add_argument("--designs", nargs="*", default=list(DESIGNS), choices=list(DESIGNS))
     parser.add_argument("--views", nargs="+", default=["transverse", "longitudinal"])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--limit", type=int, default=None, help="images per view to check")

@@ -9,7 +9,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 
@@ -288,6 +288,9 @@ def train(
     nodule_dropout: Annotated[float | None, typer.Option(
         help="Per-case probability of hiding the nodule-mask channels during training "
              "(default: TrainSettings').")] = None,
+    nodule_swap: Annotated[float | None, typer.Option(
+        help="Per-case probability of showing another case's nodule mask during training "
+             "(default: TrainSettings').")] = None,
     nodule_loss_weight: Annotated[float | None, typer.Option(
         help="Weight of the auxiliary loss that teaches the model where the nodule is, per "
              "patch (0: none; default: TrainSettings').")] = None,
@@ -303,13 +306,13 @@ def train(
     from .train import train as run
 
     with _input_errors():
-        design: dict = {}
-        if channels is not None:
-            design["channels"] = tuple(c.strip() for c in channels.split(",") if c.strip())
-        if nodule_dropout is not None:
-            design["nodule_dropout"] = nodule_dropout
-        if nodule_loss_weight is not None:
-            design["nodule_loss_weight"] = nodule_loss_weight
+        # Unset input-design options keep TrainSettings' defaults.
+        names = (tuple(c.strip() for c in channels.split(",") if c.strip())
+                 if channels is not None else None)
+        given: dict[str, Any] = {"channels": names, "nodule_dropout": nodule_dropout,
+                                 "nodule_swap": nodule_swap,
+                                 "nodule_loss_weight": nodule_loss_weight}
+        design = {name: value for name, value in given.items() if value is not None}
         settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size,
                                  learning_rate=learning_rate, seed=seed,
                                  modality_dropout=modality_dropout,

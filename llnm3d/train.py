@@ -92,9 +92,9 @@ class TrainSettings:
     seed: int = 0
     modality_dropout: float = 0.15
     channels: tuple[str, ...] = CHANNELS
-    nodule_dropout: float = 0.0
-    nodule_swap: float = 0.0
-    nodule_loss_weight: float = 0.0
+    nodule_dropout: float = 0.25
+    nodule_swap: float = 0.25
+    nodule_loss_weight: float = 5.0
     shuffle_labels: bool = False
 
     def __post_init__(self) -> None:

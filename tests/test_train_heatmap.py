@@ -259,3 +259,20 @@ def test_training_with_the_nodule_loss_saves_a_model_that_loads(cohort, tmp_path
     model, record = load_model(tmp_path / "model")
     assert record["config"]["nodule_head"] and model.nodule_head is not None
     assert model.config.channels == settings.channels
+
+
+def test_train_cli_passes_the_input_design(cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from llnm3d.cli import app
+
+    out = CliRunner().invoke(app, [
+        "train", "--manifest", str(cohort.out_dir / "manifest.csv"), "--view", "transverse",
+        "--out", str(tmp_path), "--epochs", "1", "--batch-size", "8",
+        "--channels", "bmode, capsule_proximity", "--nodule-dropout", "0", "--nodule-swap",
+        "0.5", "--nodule-loss-weight", "0"])
+    assert out.exit_code == 0, out.output
+    model, record = load_model(tmp_path / "model")
+    assert model.config.channels == ("bmode", "capsule_proximity") and not model.config.nodule_head
+    settings = record["training"]["settings"]
+    assert (settings["nodule_dropout"], settings["nodule_swap"]) == (0.0, 0.5)
