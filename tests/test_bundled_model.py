@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from llnm3d.heatmap import MODEL_DIR, compute_heatmaps, load_heatmap, load_view_model
 from llnm3d.io import read_grayscale, read_mask
@@ -22,20 +21,21 @@ def test_bundled_weights_load_and_are_small(view):
 
 
 def test_real_samples_without_thyroid_masks(tmp_path):
-    # Without thyroid masks the default layer finds little positive evidence on these real
-    # images; the image tokens entering the last bidirectional block localise the nodule.
+    # Without thyroid masks the default layer still gives a map for every real image, mostly
+    # inside the nodule (0.68 of the mass in BENCHMARKS.md). The sanity checks show that this
+    # heat follows the nodule mask on these images; this test guards the behaviour, not its
+    # meaning.
     result = compute_heatmaps(SAMPLES / "manifest.csv", tmp_path, resize_masks=True,
-                              progress=False, workers=1, layer="bidirectional")
+                              progress=False, workers=1)
     assert result.failures == []
     assert len(result.predictions) == 10
     assert result.predictions["probability"].between(0, 1).all()
-    near = 0
+    assert not result.predictions["heatmap_empty"].any()
+    inside = []
     for case in result.predictions["case_id"]:
         image = read_grayscale(SAMPLES / "image" / f"{case}.jpg")
         heat = load_heatmap(tmp_path, case)
         assert heat.shape == image.shape and np.isfinite(heat).all()
         nodule = read_mask(SAMPLES / "nodule_mask" / f"{case}.jpg", image.shape)
-        peak = np.unravel_index(np.argmax(heat), heat.shape)
-        # within a tenth of the image size of the nodule (no pixel spacing is known)
-        near += ndimage.distance_transform_edt(~nodule)[peak] <= 0.1 * max(image.shape)
-    assert near >= 7
+        inside.append(heat[nodule].sum() / heat.sum())
+    assert np.mean(inside) > 0.5
