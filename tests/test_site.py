@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from llnm3d import site as site_module
 from llnm3d.cli import app
 from llnm3d.io import InputError
+from llnm3d.site import build as site_build
 from llnm3d.site import build_site, site_size_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_rebuild_replaces_atomically_and_refuses_foreign_folders(publishable_sta
     def broken(*args, **kwargs):
         raise RuntimeError("killed while rendering")
 
-    monkeypatch.setattr(site_module, "_render", broken)
+    monkeypatch.setattr(site_build, "_render", broken)
     with pytest.raises(RuntimeError):
         build_site(out, publishable_stats_dir, atlas=atlas, title="second")
     assert (out / "data.json").read_text() == before
