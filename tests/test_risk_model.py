@@ -234,7 +234,7 @@ def test_aggregate_records_the_estimator(registered, atlas, estimator):
 @pytest.mark.slow
 def test_no_side_term_gives_no_lobe_difference_with_either_weight(tmp_path, atlas):
     """Regression: the default spec has no left/right term. Heatmap footprints of nodules
-    without LLNM spread far wider, which once made the heatmap-weighted map and t-test report
+    without LLNM once spread far wider, which made the heatmap-weighted map and t-test report
     a right-lobe deficit over ~28,000 voxels (FWER < 0.05) on the 200-patient demo."""
     from llnm3d import aggregate, register
     from llnm3d.heatmap import compute_heatmaps
@@ -255,8 +255,11 @@ def test_no_side_term_gives_no_lobe_difference_with_either_weight(tmp_path, atla
         significant = stats.volumes["t_p_fwer"] < 0.05
         for lobe in (1, 2):
             assert significant[part == lobe].mean() < 0.02, (weight, lobe)
-    # The extent imbalance is reported, and the heatmap t-test is adjusted for it.
-    assert stats.summary["footprint_extent"]["differs"]
-    assert any("footprint extent differs" in note for note in stats.summary["notes"])
-    assert any("t-test is adjusted for footprint extent" in note
-               for note in stats.summary["notes"])
+    # The weights bundled before issue 13 gave nodules without LLNM far wider heatmap
+    # footprints; the mask_hint weights may not. Either way an imbalance is reported exactly
+    # when it is found, and the heatmap t-test carries the extent covariate.
+    extent = stats.summary["footprint_extent"]
+    reported = [note for note in stats.summary["notes"] if "footprint extent differs" in note]
+    assert bool(reported) == bool(extent.get("differs", False)), extent
+    assert all("t-test is adjusted for footprint extent" in note for note in reported)
+    assert "extent" in stats.summary["tests"]["covariates"]
