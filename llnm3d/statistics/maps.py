@@ -374,6 +374,32 @@ def _resume_state(out_dir: Path, params: dict, digests: dict[str, str]
     return state, bool(saved.get("complete")), []
 
 
+@dataclass(frozen=True)
+class MapSettings:
+    """How :func:`aggregate` builds the maps and tables (its arguments of the same names),
+    checked on construction (InputError naming the argument)."""
+
+    estimator: str = "spatial"
+    weight: str = "mask"
+    min_cases: int = 10
+    covariates: tuple[str, ...] = ()
+    prior_strength: float = 2.0
+    bins_mm: tuple[float, ...] = tuple(DEFAULT_BINS_MM)
+    adjust_extent: bool = True
+    contrast: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_choice("weight", self.weight, WEIGHTS)
+        for name in self.covariates:
+            check_choice("covariate", name, COVARIATES)
+        check_number("min_cases", self.min_cases, low=1, integer=True)
+        # 0 is meaningful: no shrinkage, the plain weighted proportion (n_eff > 0 where shown).
+        check_number("prior_strength", self.prior_strength, low=0)
+        check_bin_edges(self.bins_mm)
+        object.__setattr__(self, "bins_mm", tuple(self.bins_mm))  # frozen: set once, checked
+
+
 def aggregate(registered, atlas: Atlas | str | Path | None = None,
               out_dir: str | Path | None = None, estimator: str = "spatial",
               weight: str = "mask", min_cases: int = 10, permutations: int = 1000,
@@ -450,9 +476,12 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     contrast_manifest : path, optional
         Manifest (CSV) holding the ``contrast`` column, joined on the nodule key.
     """
+    settings = MapSettings(estimator, weight, min_cases, tuple(covariates), prior_strength,
+                           bins_mm, adjust_extent, contrast)
     tests = TestSettings(permutations, seed, tfce, cluster_p, connectivity, device)
-    _check_parameters(estimator, weight, min_cases, permutations, covariates, seed,
-                      prior_strength, bins_mm, workers)
+    check_number("permutations", permutations, low=0, high=MAX_PERMUTATIONS, integer=True)
+    check_seed(seed)
+    check_optional_workers(workers)
     check_test_settings(tests)
     if update and out_dir is None:
         raise InputError("--update needs the output folder of an earlier aggregate")
@@ -496,8 +525,7 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
         if out_dir is not None and permutations:
             _claim_permutations(out_dir / "permutations", _data_key(state, digests))
         stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
-                            estimator, weight, covariates, min_cases, tests, adjust_extent,
-                            prior_strength, bins_mm, out_dir, progress, workers, session,
+                            settings, tests, out_dir, progress, workers, session,
                             _data_key(state, digests))
     stats.resumed = resumed
     if out_dir is not None:
@@ -541,34 +569,20 @@ def _claim_permutations(folder: Path, key: str) -> None:
         write_json(record, {"data": key})
 
 
-def _check_parameters(estimator, weight, min_cases, permutations, covariates, seed,
-                      prior_strength, bins_mm, workers) -> None:
-    """Raise InputError, naming the parameter, for any :func:`aggregate` argument outside
-    what it allows, before any work starts."""
-    check_choice("estimator", estimator, ESTIMATORS)
-    check_choice("weight", weight, WEIGHTS)
-    for name in covariates:
-        check_choice("covariate", name, COVARIATES)
-    check_number("min_cases", min_cases, low=1, integer=True)
-    check_number("permutations", permutations, low=0, high=MAX_PERMUTATIONS, integer=True)
-    check_seed(seed)
-    # 0 is meaningful: no shrinkage, the plain weighted proportion (n_eff > 0 where shown).
-    check_number("prior_strength", prior_strength, low=0)
-    check_bin_edges(bins_mm)
-    check_optional_workers(workers)
-
-
-def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources, estimator,
-                weight, covariates, min_cases, tests, adjust_extent, prior_strength, bins_mm,
-                out_dir, progress, workers, scheduler, data_key) -> Stats:
+def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
+                settings: MapSettings, tests, out_dir, progress, workers, scheduler,
+                data_key) -> Stats:
     """Maps, tests and tables of an accumulated state."""
+    estimator, weight, min_cases = settings.estimator, settings.weight, settings.min_cases
+    covariates, bins_mm = list(settings.covariates), list(settings.bins_mm)
     excluded["empty patch"] = int(nodules["nodule"].isin(state.empty_nodules).sum())
     included = nodules.set_index("nodule").loc[state.nodules].reset_index()
     if len(included) == 0:
         raise InputError("no nodule left to aggregate (see the exclusions: "
                          f"{ {k: v for k, v in excluded.items() if v} })")
 
-    volumes = _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength)
+    volumes = _descriptive_maps(state, included, domain, atlas, min_cases,
+                                settings.prior_strength)
     prefix = "saliency_weighted" if weight == "heatmap" else "mask_weighted"
     for suffix in ("", "_ci_low", "_ci_high"):
         volumes[f"{prefix}_probability{suffix}"] = volumes[f"probability{suffix}"]
@@ -576,7 +590,8 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
     footprints = weight_matrix(included, np.arange(len(domain)), lookup, len(domain), weight,
                                progress, workers, scheduler)
     included["footprint_voxels"] = footprints.getnnz(axis=0)
-    extent, notes = footprint_extent(included, weight, adjust_extent or "extent" in covariates)
+    extent, notes = footprint_extent(included, weight,
+                                     settings.adjust_extent or "extent" in covariates)
     record = {"name": estimator, "footprint": weight}
     if estimator != "weighted" and included["label"].nunique() < 2:
         notes.append(f"every included nodule has outcome {int(included['label'].iloc[0])}: the "
@@ -599,7 +614,7 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
             volumes[name] = _to_volume(np.where(shown, values, np.nan), domain,
                                        atlas.labels.shape)
     test_covariates = list(covariates)
-    if adjust_extent and "extent" not in test_covariates:
+    if settings.adjust_extent and "extent" not in test_covariates:
         # Footprint extent can track the outcome (see footprint_extent): without the
         # lesion-volume covariate the t-test finds "effects" that are only spread.
         test_covariates.append("extent")
