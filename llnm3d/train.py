@@ -76,7 +76,10 @@ class TrainSettings:
         and how close it comes to the capsule: a head on the image tokens predicts, per 16x16
         patch, the share of it inside the nodule mask and its mean nodule proximity (binary
         cross-entropy; :func:`nodule_targets`). The mask is then a training target, not only
-        an input. 0 (no head) by default.
+        an input. 0 builds no head.
+
+    The input-design defaults (all channels, nodule dropout 0.25, swap 0.25, loss weight 5)
+    are the ``mask_hint`` design of the bundled weights (model/MODEL_CARD.md).
     shuffle_labels : bool
         Train on the labels permuted among the cases (seeded): the model of the
         label-randomisation sanity check (:mod:`llnm3d.heatmap_checks`), never a model to use.
