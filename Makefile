@@ -57,11 +57,19 @@ site: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/python examples/make_figures.py docs
 
-# Refresh llnm3d/site/vendor/three from the npm package pinned in package.json.
+# Refresh llnm3d/site/vendor/three from the npm package pinned in package.json: the licence as
+# is, each module minified by esbuild (pinned there too) with its licence comment kept. Files
+# stay separate ES modules with their own imports; nothing is bundled.
 vendor-three: $(NODE_STAMP)
+	rm -rf llnm3d/site/vendor/three
 	for f in $(THREE_FILES); do \
 		mkdir -p llnm3d/site/vendor/three/$$(dirname $$f) && \
-		cp node_modules/three/$$f llnm3d/site/vendor/three/$$f; done
+		case $$f in \
+		*.js) node_modules/.bin/esbuild node_modules/three/$$f --minify \
+			--legal-comments=inline --log-level=warning \
+			--outfile=llnm3d/site/vendor/three/$$f ;; \
+		*) cp node_modules/three/$$f llnm3d/site/vendor/three/$$f ;; \
+		esac || exit 1; done
 
 clean:
 	rm -rf $(VENV) node_modules demo-output .pytest_cache
