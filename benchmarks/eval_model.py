@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 from llnm3d.cases import load_cases
 from llnm3d.heatmap import MODEL_DIR, gradcam_batch, load_view_model
-from llnm3d.inputs import to_image_space
+from llnm3d.inputs import THYROID_CHANNELS, to_image_space
 from llnm3d.io import read_mask
 from llnm3d.manifest import read_manifest
 from llnm3d.train import predict_proba
@@ -58,7 +58,7 @@ def heatmap_quality(cases, index, maps, manifest) -> tuple[np.ndarray, np.ndarra
 def without_thyroid_mask(cases):
     """The same cases as if no thyroid mask had been given."""
     maps = cases.maps.copy()
-    maps[:, [1, 3, 4]] = 0
+    maps[:, THYROID_CHANNELS] = 0
     return replace(cases, maps=maps)
 
 

@@ -49,13 +49,12 @@ from tqdm.auto import tqdm
 from .cases import Cases, load_cases
 from .checks import check_choice, check_number, check_seed
 from .heatmap import GRADCAM_LAYERS, gradcam_batch, load_view_model
-from .inputs import CHANNELS, SIZE_PX
+from .inputs import CAPSULE, NODULE, SIZE_PX, THYROID_CHANNELS, THYROID_GIVEN, set_nodule_mask
 from .io import InputError, atomic_path, ensure_writable_dir, write_json
 from .manifest import VIEWS, Manifest, as_manifest
 from .model import LLNMNet
 from .train import MAX_BATCH_SIZE
 
-BMODE, CAPSULE, NODULE, NODULE_PROXIMITY, THYROID_GIVEN = range(len(CHANNELS))
 DILATION_PX = 8
 INPUT_CHECKS = ("nodule_mirrored", "nodule_shifted", "nodule_dilated", "nodule_removed",
                 "thyroid_removed")
@@ -110,7 +109,7 @@ def alter_inputs(maps: np.ndarray, check: str, widths_px: np.ndarray) -> np.ndar
     check_choice("input check", check, INPUT_CHECKS)
     out = maps.copy()
     if check == "thyroid_removed":
-        out[:, [CAPSULE, NODULE_PROXIMITY, THYROID_GIVEN]] = 0.0
+        out[:, THYROID_CHANNELS] = 0.0
         return out
     for b, width in enumerate(widths_px):
         nodule = out[b, NODULE] > 0.5
@@ -127,8 +126,7 @@ def alter_inputs(maps: np.ndarray, check: str, widths_px: np.ndarray) -> np.ndar
         else:  # nodule_dilated
             nodule = ndimage.binary_dilation(nodule, iterations=DILATION_PX)
             nodule[:, width:] = False
-        out[b, NODULE] = nodule
-        out[b, NODULE_PROXIMITY] = out[b, CAPSULE] * nodule
+        set_nodule_mask(out[b], nodule)
     return out
 
 
@@ -278,7 +276,7 @@ def _check_batch(cases: Cases, index: np.ndarray, view: str, checks: tuple[str, 
         if check in INPUT_CHECKS:
             altered = {**inputs, "image": torch.from_numpy(alter_inputs(maps, check, widths))}
         if check == "nodule_removed":
-            altered["features"] = torch.full_like(inputs["features"], float("nan"))
+            altered = {**altered, "features": torch.full_like(inputs["features"], float("nan"))}
         heat, probability = gradcam_batch(model, altered, layer)
         if reference is None:
             reference = heat

@@ -47,6 +47,9 @@ PROXIMITY_SCALE_MM = 2.0
 DEFAULT_SPACING_MM = 0.15
 CHANNELS = ("bmode", "capsule_proximity", "nodule_mask", "nodule_proximity",
             "thyroid_mask_given")
+BMODE, CAPSULE, NODULE, NODULE_PROXIMITY, THYROID_GIVEN = range(len(CHANNELS))
+# The channels that are zero in the map of an image without a thyroid mask.
+THYROID_CHANNELS = [CAPSULE, NODULE_PROXIMITY, THYROID_GIVEN]
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,17 @@ def location_feature_map(image: np.ndarray, nodule_mask: np.ndarray,
         np.full(size, flag, np.float32),
     ])
     return channels.astype(np.float32), Geometry(tuple(image.shape), max(image.shape))
+
+
+def set_nodule_mask(maps, mask) -> None:
+    """Write ``mask`` as the nodule channel of location feature maps, in place, with the nodule
+    proximity that goes with it (the capsule proximity inside the mask).
+
+    ``maps`` has shape (..., 5, H, W) and ``mask`` (..., H, W), 0/1 or bool; NumPy arrays or
+    torch tensors.
+    """
+    maps[..., NODULE, :, :] = mask
+    maps[..., NODULE_PROXIMITY, :, :] = maps[..., CAPSULE, :, :] * mask
 
 
 def to_image_space(map_224: np.ndarray, geometry: Geometry) -> np.ndarray:

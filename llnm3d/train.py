@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 
 from .cases import Cases, load_cases
 from .checks import check_choice, check_number, check_optional_workers, check_seed
-from .inputs import CHANNELS
+from .inputs import (
+    CHANNELS,
+    NODULE,
+    NODULE_PROXIMITY,
+    THYROID_CHANNELS,
+    set_nodule_mask,
+)
 from .io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
 from .manifest import Manifest, as_manifest
 from .model import CONFIGS, SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
@@ -195,8 +201,7 @@ def nodule_targets(image: torch.Tensor, patch_size: int) -> torch.Tensor:
     the share of the patch inside the nodule mask and the patch's mean nodule proximity (how
     close the nodule comes to the capsule there; 0 without a thyroid mask). Shape
     (B, 2, grid, grid), values in 0..1."""
-    channels = [CHANNELS.index("nodule_mask"), CHANNELS.index("nodule_proximity")]
-    return F.avg_pool2d(image[:, channels], patch_size)
+    return F.avg_pool2d(image[:, [NODULE, NODULE_PROXIMITY]], patch_size)
 
 
 def nodule_truth(batch: dict, inputs: dict) -> torch.Tensor:
@@ -204,10 +209,7 @@ def nodule_truth(batch: dict, inputs: dict) -> torch.Tensor:
     (whatever the model was shown of it), and the nodule proximity as the capsule proximity
     the model was shown (zero where training hid the thyroid mask) inside it."""
     image = inputs["image"].clone()
-    mask = CHANNELS.index("nodule_mask")
-    image[:, mask] = batch["image"][:, mask]
-    image[:, CHANNELS.index("nodule_proximity")] = (
-        image[:, CHANNELS.index("capsule_proximity")] * image[:, mask])
+    set_nodule_mask(image, batch["image"][:, NODULE])
     return image
 
 
@@ -258,9 +260,8 @@ def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator,
     if rate > 0:
         draws = (torch.rand(4, batch, generator=generator) < rate).to(image.device)
         image = image.clone()
-        image[draws[0], CHANNELS.index("capsule_proximity")] = 0.0
-        image[draws[0], CHANNELS.index("nodule_proximity")] = 0.0
-        image[draws[0], CHANNELS.index("thyroid_mask_given")] = 0.0
+        for channel in THYROID_CHANNELS:
+            image[draws[0], channel] = 0.0
         inputs = {**inputs, "image": image,
                   "report_tokens": inputs["report_tokens"].masked_fill(draws[1][:, None], 0),
                   "age": inputs["age"].masked_fill(draws[2], float("nan")),
@@ -268,13 +269,13 @@ def _drop_modalities(inputs: dict, rate: float, generator: torch.Generator,
     if nodule_rate > 0 or swap_rate > 0:
         draw = torch.rand(batch, generator=generator).to(image.device)
         hidden, swapped = draw < nodule_rate, draw >= 1 - swap_rate
-        mask, proximity = CHANNELS.index("nodule_mask"), CHANNELS.index("nodule_proximity")
+        changed = hidden | swapped
+        shown = torch.where(swapped[:, None, None], image.roll(-1, dims=0)[:, NODULE],
+                            image[:, NODULE]).masked_fill(hidden[:, None, None], 0.0)
         image = image.clone()
-        image[swapped, mask] = image.roll(-1, dims=0)[swapped, mask]
-        image[swapped, proximity] = (image[swapped, CHANNELS.index("capsule_proximity")]
-                                     * image[swapped, mask])
-        image[hidden, mask] = 0.0
-        image[hidden, proximity] = 0.0
+        rows = image[changed]  # a copy: written back below
+        set_nodule_mask(rows, shown[changed])
+        image[changed] = rows
         inputs = {**inputs, "image": image}
     return inputs
 

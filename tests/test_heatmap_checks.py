@@ -10,17 +10,14 @@ from typer.testing import CliRunner
 from llnm3d.cli import app
 from llnm3d.heatmap import load_view_model
 from llnm3d.heatmap_checks import (
-    CAPSULE,
     CHECKS,
-    NODULE,
-    NODULE_PROXIMITY,
-    THYROID_GIVEN,
     alter_inputs,
     check_heatmaps,
     heatmap_masses,
     randomised_model,
     rank_correlations,
 )
+from llnm3d.inputs import CAPSULE, NODULE, NODULE_PROXIMITY, THYROID_GIVEN
 from llnm3d.io import InputError
 from llnm3d.model import LLNMNet, config_named, save_model
 
