@@ -34,7 +34,7 @@ from .gltf import (
 )
 from .io import InputError, ensure_writable_dir
 from .mesh import surface_from_field
-from .statistics import Stats, load_stats
+from .statistics import MAP_DESCRIPTIONS, Stats, load_stats
 
 if TYPE_CHECKING:
     import trimesh
@@ -50,6 +50,41 @@ FIELD_ATTRIBUTES = {
     "_CI": "95 % Jeffreys interval (low, high), normalised unsigned shorts (0-1)",
     "_N": "nodules touching the voxel",
     "_REGION": "atlas region label (see region_names; 0 outside the gland)",
+    "_DIST": "signed distance to the capsule (mm, negative inside)",
+}
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """A map the point field carries besides the probability, when the aggregation made it.
+
+    ``centre`` is where a diverging colour scale is centred: ``"rate"`` (the cohort rate),
+    a number, or None (sequential only). ``threshold`` is the default significance level on
+    the map's own scale, for maps that are significance tests.
+    """
+
+    attribute: str
+    label: str
+    units: str
+    centre: str | float | None = None
+    threshold: float | None = None
+
+
+# Optional maps of :data:`llnm3d.statistics.maps.MAP_DESCRIPTIONS` shown by the viewer's map
+# selector; exported only where finite at every shown voxel (a note says when one is not).
+FIELD_MAPS = {
+    "probability_above_rate": FieldMap(
+        "_ABOVE", "P(risk > cohort rate), spatial model", "posterior probability (0-1)", 0.5),
+    "significance": FieldMap(
+        "_SIG", "Simultaneous 95 % band vs the cohort rate, spatial model",
+        "+1 above, -1 below, 0 neither", 0.0),
+    "t": FieldMap("_T", "t, outcome vs footprint (voxelwise test)", "t", 0.0),
+    "t_log10p_fwer": FieldMap(
+        "_T_LOG10P_FWER", "-log10 FWER p of t (permutation)", "-log10 p",
+        threshold=-float(np.log10(0.05))),
+    "tfce_log10p_fwer": FieldMap(
+        "_TFCE_LOG10P_FWER", "-log10 FWER p of TFCE (permutation)", "-log10 p",
+        threshold=-float(np.log10(0.05))),
 }
 REQUIRED_MAPS = ("probability", "probability_ci_low", "probability_ci_high", "n_nodules")
 # Coarsest field and surface grid (mm): the atlas gland spans about 70 x 30 x 55 mm, so a
@@ -89,6 +124,7 @@ class ExportedField:
     coverage_range: tuple[int, int] | None
     spacing_mm: float
     notes: list[str] = field(default_factory=list)
+    maps: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def check_stats(stats: Stats) -> None:
@@ -181,7 +217,8 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
     (see :func:`min_cases_of`; the result's notes say when the default was raised to the
     publishing floor). Attributes: quantised ``POSITION`` (grid indices; the node's scale and
     translation give mm), ``COLOR_0`` (``colormap`` over the shown range) and the raw values
-    as :data:`FIELD_ATTRIBUTES`.
+    as :data:`FIELD_ATTRIBUTES`, plus those of :data:`FIELD_MAPS` the stats hold (the
+    result's ``maps``: name -> value range over the shown voxels).
     """
     check_stats(stats)
     notes = [note for note in [floor_note(stats, min_cases)] if note]
@@ -193,6 +230,7 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
     values = {name: stats.volumes[name][sub][shown].astype(np.float32) for name in REQUIRED_MAPS}
     builder = GlbBuilder(units)
     value_range, coverage = None, None
+    maps: dict[str, tuple[float, float]] = {}
     if len(i):
         grid = np.stack([i, j, k], axis=1)
         index_type = np.uint8 if grid.max() < 256 else np.uint16
@@ -213,7 +251,18 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
             ).astype(np.uint16), normalized=True),
             "_N": builder.accessor(values["n_nodules"]),
             "_REGION": builder.accessor(region),
+            "_DIST": builder.accessor(atlas.capsule_distance_mm(points_mm).astype(np.float32)),
         }
+        for name, spec in FIELD_MAPS.items():
+            if name not in stats.volumes:
+                continue
+            value = stats.volumes[name][sub][shown].astype(np.float32)
+            if not np.isfinite(value).all():
+                notes.append(f"map {name} not in the field: undefined at "
+                             f"{int((~np.isfinite(value)).sum())} shown voxels")
+                continue
+            attributes[spec.attribute] = builder.accessor(value)
+            maps[name] = (float(value.min()), float(value.max()))
         material = builder.material("probability", [1, 1, 1, 1])
         builder.add_node("probability_field", attributes, POINTS, material,
                          translation=origin, scale=stats.spacing_mm * step)
@@ -222,9 +271,11 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
     builder.write(path, metadata(stats, min_cases, units, points=int(len(i)),
                                  field_spacing_mm=stats.spacing_mm * step,
                                  probability_range=value_range, colormap=colormap,
-                                 attributes=FIELD_ATTRIBUTES))
+                                 attributes=FIELD_ATTRIBUTES | {
+                                     FIELD_MAPS[name].attribute: MAP_DESCRIPTIONS[name]
+                                     for name in maps}))
     return ExportedField(Path(path), int(len(i)), value_range, coverage,
-                         stats.spacing_mm * step, notes)
+                         stats.spacing_mm * step, notes, maps)
 
 
 def _matching_atlas(stats: Stats) -> Atlas:
@@ -467,7 +518,7 @@ def export_layers(stats: Stats, out_dir: str | Path, *,
     return {"points": exported.points, "probability_range": exported.probability_range,
             "coverage_range": exported.coverage_range, "field_spacing_mm": exported.spacing_mm,
             "isosurface_levels": written, "min_cases": shown_min_cases,
-            "notes": exported.notes}
+            "notes": exported.notes, "maps": exported.maps}
 
 
 def export_stats(stats_dir: str | Path, out_dir: str | Path, **options) -> dict:

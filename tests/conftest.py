@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from llnm3d import Atlas, Stats, aggregate, load_stats, register
-from llnm3d.export import REQUIRED_MAPS
+from llnm3d.export import FIELD_MAPS, REQUIRED_MAPS
 from llnm3d.phantom import make_phantom
 from llnm3d.train import TrainSettings, train
 
@@ -62,12 +62,14 @@ def stats_dir(registered, atlas, tmp_path_factory):
 def publishable_stats_dir(stats_dir, tmp_path_factory):
     """The shared stats (min-cases 2) with three times the coverage, as from a cohort large
     enough to publish (the small cohort touches no voxel with 5 nodules, the publishing floor):
-    voxels of 2 nodules reach the floor (as 6), those of 1 (as 3) do not."""
+    voxels of 2 nodules reach the floor (as 6), those of 1 (as 3) do not. Keeps the maps the
+    export needs and the optional ones the viewer shows."""
     stats = load_stats(stats_dir)
-    volumes = {name: stats.volumes[name] for name in REQUIRED_MAPS}
+    volumes = {name: stats.volumes[name] for name in (*REQUIRED_MAPS, *FIELD_MAPS)
+               if name in stats.volumes}
     volumes["n_nodules"] = 3 * volumes["n_nodules"]
     tables = [table.assign(nodules=3 * table["nodules"], events=3 * table["events"])
               for table in (stats.regions, stats.capsule_distance)]
     return Stats(volumes, stats.origin_mm, stats.spacing_mm, *tables,
-                 stats.summary | {"maps": list(REQUIRED_MAPS)}).save(
+                 stats.summary | {"maps": list(volumes)}).save(
         tmp_path_factory.mktemp("publishable_stats"))

@@ -2,14 +2,17 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from llnm3d import site as site_module
 from llnm3d.cli import app
+from llnm3d.export import FIELD_MAPS
 from llnm3d.io import InputError
 from llnm3d.site import build as site_build
 from llnm3d.site import build_site, site_size_bytes
+from llnm3d.site.build import run_lengths
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "examples" / "llnm-net-published-3d" / "points.csv"
@@ -24,7 +27,7 @@ def built(publishable_stats_dir, atlas, tmp_path_factory):
 
 
 def test_site_is_self_contained_with_relative_paths(built):
-    for name in ("index.html", "viewer.js", "viewer.css", "data.json", ".nojekyll",
+    for name in ("index.html", "viewer/main.js", "viewer.css", "data.json", ".nojekyll",
                  "vendor/three/LICENSE", "vendor/three/build/three.module.js",
                  "vendor/three/build/three.core.js",
                  "vendor/three/examples/jsm/loaders/GLTFLoader.js",
@@ -38,8 +41,14 @@ def test_site_is_self_contained_with_relative_paths(built):
         assert not Path(layer["file"]).is_absolute() and (built / layer["file"]).is_file()
     html = (built / "index.html").read_text()
     # Nothing from the network: no absolute URLs in what the page loads.
-    for page in (html, (built / "viewer.js").read_text()):
+    modules = sorted((built / "viewer").glob("*.js"))
+    assert len(modules) > 1
+    for page in [html] + [module.read_text() for module in modules]:
         assert not re.search(r"""(src|href|from|import)\s*=?\s*\(?["']\s*(https?:)?//""", page)
+    # Every relative import of a viewer module names a module that is there.
+    for module in modules:
+        for target in re.findall(r"""from\s+'(\./[^']+)'""", module.read_text()):
+            assert (module.parent / target).is_file(), (module.name, target)
     imports = json.loads(re.search(r'<script type="importmap">(.*?)</script>', html,
                                    re.S).group(1))["imports"]
     assert (built / imports["three"]).is_file()
@@ -161,3 +170,30 @@ def test_source_fingerprint_follows_code_not_docstrings_or_comments():
         source)
     assert "'# kept'" in site_module.code_text("def g():\n    return '# kept'\n")
     assert site_module.code_text("def h(): return 1\n") == "def h(): return 1"
+
+
+@pytest.mark.parametrize("max_run", [3, 65535])
+def test_run_lengths_round_trip(max_run):
+    rng = np.random.default_rng(1)
+    values = np.repeat(rng.integers(0, 4, 50), rng.integers(1, 12, 50)).astype(np.uint8)
+    lengths, runs = run_lengths(values.reshape(-1, 1), max_run=max_run)
+    assert lengths.max() <= max_run
+    assert np.array_equal(np.repeat(runs, lengths), values)
+    assert run_lengths(np.zeros(0, np.uint8))[0].size == 0
+
+
+def test_slice_labels_are_the_atlas_on_the_field_grid(built, atlas):
+    """labels.bin decodes (as viewer/slices.js does) to the atlas labels at the field's
+    spacing, and the field's voxels sit on that grid."""
+    data = json.loads((built / "data.json").read_text())
+    spec = data["slices"]
+    raw = (built / spec["labels"]).read_bytes()
+    lengths = np.frombuffer(raw, "<u2", spec["runs"])
+    values = np.frombuffer(raw, np.uint8, spec["runs"], offset=2 * spec["runs"])
+    labels = np.repeat(values, lengths).reshape(spec["shape_zyx"])
+    step = round(spec["spacing_mm"] / atlas.spacing_mm)
+    assert spec["spacing_mm"] == data["field_spacing_mm"]
+    assert np.array_equal(labels, atlas.labels[::step, ::step, ::step])
+    assert np.allclose(spec["origin_mm"], atlas.origin_mm)
+    assert data["landmarks"] == json.loads(json.dumps(atlas.landmarks))
+    assert {m["id"] for m in data["maps"]} <= set(FIELD_MAPS)

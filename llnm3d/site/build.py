@@ -18,10 +18,12 @@ from ..atlas import Atlas, as_atlas
 from ..export import (
     DEFAULT_FIELD_SPACING_MM,
     DEFAULT_SURFACE_SPACING_MM,
+    FIELD_MAPS,
     colormaps,
     export_capsule,
     export_layers,
     export_points,
+    grid_step,
     metadata,
     published_points_to_atlas,
     read_points_csv,
@@ -34,12 +36,14 @@ from .fingerprint import source_fingerprint
 FORMAT = "llnm3d-site/1"
 THREE_VERSION = "0.187.0"
 DEFAULT_TITLE = "Where lateral lymph node metastasis risk concentrates in the thyroid"
-_STATIC = ("viewer.js", "viewer.css")
+_STATIC = ("viewer.css",)
 _REGION_COLUMNS = ["region", "half", "nodules", "events", "risk", "ci_low", "ci_high",
                    "mean_model_probability"]
 _DISTANCE_COLUMNS = ["bin", "nodules", "events", "risk", "ci_low", "ci_high",
                      "mean_model_probability"]
 _SUPPRESSED = ["events", "risk", "ci_low", "ci_high", "mean_model_probability"]
+# Longest run of the run-length coded label volume (runs are unsigned shorts).
+_MAX_RUN = 65535
 
 
 def _site_files():
@@ -64,6 +68,40 @@ def table_json(table: pd.DataFrame, columns: list[str], min_cases: int) -> dict:
             cells.append(value)
         rows.append(cells)
     return {"columns": columns, "rows": rows}
+
+
+def run_lengths(values: np.ndarray, max_run: int = _MAX_RUN) -> tuple[np.ndarray, np.ndarray]:
+    """Run-length code of ``values`` in C order: (lengths, values) of the runs, no run longer
+    than ``max_run``; ``np.repeat(values, lengths)`` gives the flat array back."""
+    flat = np.ravel(values)
+    if not flat.size:
+        return np.zeros(0, np.int64), flat[:0]
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    lengths = np.diff(np.append(starts, flat.size))
+    pieces = -(-lengths // max_run)
+    split = np.full(int(pieces.sum()), max_run, np.int64)
+    split[np.cumsum(pieces) - 1] = lengths - (pieces - 1) * max_run
+    return split, np.repeat(flat[starts], pieces)
+
+
+def _write_labels(atlas: Atlas, step: int, path: Path) -> dict:
+    """The atlas labels on the field's grid (every ``step``-th voxel) for the slice panels:
+    run-length coded as unsigned little-endian shorts (the run lengths), then the labels as
+    bytes. Returns the ``slices`` entry of data.json."""
+    labels = atlas.labels[::step, ::step, ::step]
+    lengths, values = run_lengths(labels)
+    path.write_bytes(lengths.astype("<u2").tobytes() + values.astype(np.uint8).tobytes())
+    return {"labels": f"assets/{path.name}", "runs": int(len(lengths)),
+            "shape_zyx": list(labels.shape), "origin_mm": [float(v) for v in atlas.origin_mm],
+            "spacing_mm": float(atlas.spacing_mm * step)}
+
+
+def _field_maps(maps: dict[str, tuple[float, float]]) -> list[dict]:
+    """The optional maps of the field for the viewer's map selector (data.json ``maps``)."""
+    return [{"id": name, "attribute": FIELD_MAPS[name].attribute.lower(),
+             "label": FIELD_MAPS[name].label, "units": FIELD_MAPS[name].units,
+             "centre": FIELD_MAPS[name].centre, "threshold": FIELD_MAPS[name].threshold,
+             "range": [round(lo, 6), round(hi, 6)]} for name, (lo, hi) in maps.items()]
 
 
 def _site_folder(out_dir: str | Path) -> Path:
@@ -178,6 +216,19 @@ def estimator_text(record: dict | None) -> str | None:
     return "weighted proportion of the nodules touching each voxel"
 
 
+def smoothing_text(record: dict | None) -> str | None:
+    """How much the risk map was smoothed, for the cohort panel."""
+    if not record:
+        return None
+    if record.get("name") == "spatial":
+        return (f"penalised {record['knot_spacing_mm']:g} mm B-splines, penalty chosen by LAML "
+                f"(log lambda {record['log_lambda']:.2f}, {record['edf']:.1f} of "
+                f"{record['max_edf']:.0f} effective degrees of freedom)")
+    if record.get("name") == "kernel":
+        return f"Gaussian kernel, sigma {record['bandwidth_mm']:g} mm"
+    return "none (each voxel from the nodules touching it)"
+
+
 def _write_site(work: Path, stats, points, atlas, title, description, levels, min_cases,
                 field_spacing_mm, surface_spacing_mm, source) -> dict:
     assets = work / "assets"
@@ -202,7 +253,12 @@ def _write_site(work: Path, stats, points, atlas, title, description, levels, mi
                  "coverage_range": exported["coverage_range"],
                  "field_spacing_mm": exported["field_spacing_mm"],
                  "points": exported["points"],
-                 "isosurface_levels": exported["isosurface_levels"]}
+                 "isosurface_levels": exported["isosurface_levels"],
+                 "maps": _field_maps(exported["maps"]),
+                 "smoothing": smoothing_text(stats.summary.get("estimator")),
+                 "landmarks": atlas.landmarks,
+                 "slices": _write_labels(atlas, grid_step(field_spacing_mm, atlas.spacing_mm),
+                                         assets / "labels.bin")}
         data["tables"] = {
             "regions": table_json(stats.regions, _REGION_COLUMNS, shown),
             "capsule_distance": table_json(stats.capsule_distance, _DISTANCE_COLUMNS, shown)}
@@ -257,6 +313,10 @@ def _render(work: Path, data: dict) -> None:
         llnm3d_version=__version__, three_version=THREE_VERSION))
     for name in _STATIC:
         write_text(work / name, files.joinpath(name).read_text())
+    (work / "viewer").mkdir()
+    for module in files.joinpath("viewer").iterdir():
+        if module.name.endswith(".js"):
+            write_text(work / "viewer" / module.name, module.read_text())
     with resources.as_file(files.joinpath("vendor")) as vendor:
         shutil.copytree(vendor, work / "vendor")
     (work / ".nojekyll").touch()
