@@ -8,9 +8,8 @@ NODE_STAMP := node_modules/.installed
 # Debian's Chromium for the browser tests (Playwright never downloads its own browser here).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-THREE_FILES := LICENSE build/three.module.js build/three.core.js \
-	examples/jsm/loaders/GLTFLoader.js examples/jsm/controls/OrbitControls.js \
-	examples/jsm/utils/BufferGeometryUtils.js examples/jsm/utils/SkeletonUtils.js
+# The vendored three.js: one tree-shaken, minified module of what tools/three-entry.js exports.
+THREE_BUNDLE := llnm3d/site/vendor/three/three.bundle.min.js
 
 .PHONY: demo test test-slow lint test-wheel figures site vendor-three clean
 
@@ -54,22 +53,18 @@ site: $(STAMP)
 	rm -rf site
 	cp -r build/demo-site/site site
 
-figures: $(STAMP)
+figures: $(STAMP) $(CHROMIUM)
 	$(BIN)/python examples/make_figures.py docs
 
-# Refresh llnm3d/site/vendor/three from the npm package pinned in package.json: the licence as
-# is, each module minified by esbuild (pinned there too) with its licence comment kept. Files
-# stay separate ES modules with their own imports; nothing is bundled.
+# Refresh llnm3d/site/vendor/three from the npm package pinned in package.json: its licence as
+# is, and the part of three.js the viewer uses (tools/three-entry.js) bundled by the pinned
+# esbuild into one tree-shaken, minified ES module, licence comments kept.
 vendor-three: $(NODE_STAMP)
 	rm -rf llnm3d/site/vendor/three
-	for f in $(THREE_FILES); do \
-		mkdir -p llnm3d/site/vendor/three/$$(dirname $$f) && \
-		case $$f in \
-		*.js) node_modules/.bin/esbuild node_modules/three/$$f --minify \
-			--legal-comments=inline --log-level=warning \
-			--outfile=llnm3d/site/vendor/three/$$f ;; \
-		*) cp node_modules/three/$$f llnm3d/site/vendor/three/$$f ;; \
-		esac || exit 1; done
+	mkdir -p llnm3d/site/vendor/three
+	cp node_modules/three/LICENSE llnm3d/site/vendor/three/LICENSE
+	node_modules/.bin/esbuild tools/three-entry.js --bundle --format=esm --minify \
+		--legal-comments=inline --log-level=warning --outfile=$(THREE_BUNDLE)
 
 clean:
 	rm -rf $(VENV) node_modules demo-output .pytest_cache

@@ -1,5 +1,6 @@
-"""Render the README figures: the atlas (regions, two views), a phantom contact sheet, and
-bundled-model heatmaps on real LLNM-Net sample images.
+"""Render the README figures: the atlas (regions, two views), a phantom contact sheet,
+bundled-model heatmaps on real LLNM-Net sample images, and two screenshots of the published
+demo site (``site/``) in Debian's Chromium (``/usr/bin/chromium``, driven by Playwright).
 
 Usage::
 
@@ -28,6 +29,16 @@ from llnm3d.phantom import make_phantom  # noqa: E402
 from llnm3d.qc import NODULE_COLOUR, contact_sheet, outline  # noqa: E402
 
 pv.OFF_SCREEN = True
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
+                 "--use-gl=angle", "--use-angle=swiftshader"]
+# The demo site's views for the README: the field inside the capsule with the slices on the
+# peak voxel, and the voxels whose interval excludes the cohort rate on a diverging scale,
+# seen as a transverse ultrasound image (preset 4).
+VIEWER_SHOTS = {
+    "viewer.png": ("", None),
+    "viewer_significance.png": ("#map=probability&scale=diverging&filter=interval", "4"),
+}
 
 
 def render_atlas(atlas: Atlas, out_path: Path) -> None:
@@ -89,6 +100,30 @@ def render_real_heatmaps(out_path: Path, cases=("benign_1", "benign_4", "maligna
     sheet.save(out_path)
 
 
+def render_viewer(site_dir: Path, out_dir: Path) -> None:
+    """Screenshots of the viewer (1280x800) for each of :data:`VIEWER_SHOTS`."""
+    from playwright.sync_api import sync_playwright
+
+    from llnm3d.site import serving
+
+    with serving(site_dir) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=CHROMIUM_ARGS)
+        for name, (fragment, preset) in VIEWER_SHOTS.items():
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url + "index.html" + fragment)
+            page.wait_for_function("window.llnm3d !== undefined")
+            page.evaluate("window.llnm3d.ready")
+            if preset:
+                page.locator("#canvas").press(preset)
+            # Pin the readout on the cursor the slices open on (the most probable voxel).
+            page.evaluate("window.llnm3d.setCursor(window.llnm3d.state.cursor)")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(out_dir / name))
+            page.close()
+        browser.close()
+
+
 def main(out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +134,7 @@ def main(out_dir: str) -> None:
         contact_sheet(read_manifest(cohort.out_dir / "manifest.csv"),
                       out / "phantom_contact_sheet.png", n=8)
     render_real_heatmaps(out / "real_sample_heatmaps.png")
+    render_viewer(ROOT / "site", out)
     print(f"figures written to {out}")
 
 

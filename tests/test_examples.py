@@ -25,7 +25,8 @@ def test_figures_render(tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLES / "make_figures.py"), str(tmp_path)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    for name in ("atlas.png", "phantom_contact_sheet.png"):
+    for name in ("atlas.png", "phantom_contact_sheet.png", "viewer.png",
+                 "viewer_significance.png"):
         assert (tmp_path / name).stat().st_size > 10_000
 
 

@@ -533,6 +533,7 @@ def test_map_selector_scales_and_readout(viewer, data, viewer_stats_dir):
 
     assert f"({fmt(x)}, {fmt(y)}, {fmt(z)}) mm" in text                      # LPS
     assert f"({fmt(-x)}, {fmt(-y)}, {fmt(z)}) mm" in text                    # RAS
+    assert "RAS: NIfTI" in text and "LPS: ITK" in text
     assert viewer.problems == []
 
 

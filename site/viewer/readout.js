@@ -4,6 +4,8 @@ import { voxelAt } from './field.js';
 import { app, state } from './state.js';
 import { $, element, fmtCount, fmtMm, fmtP, fmtPValue, fmtSigned } from './util.js';
 
+// Which tools read which convention, so a reader can paste a position into theirs.
+const COORDINATE_NOTE = 'LPS: ITK, ITK-SNAP, DICOM; RAS: NIfTI, nilearn, FreeSurfer, Slicer.';
 const fmtPoint = ([x, y, z]) => `(${fmtMm(x)}, ${fmtMm(y)}, ${fmtMm(z)}) mm`;
 
 function describePosition([x, y, z]) {
@@ -11,8 +13,8 @@ function describePosition([x, y, z]) {
   return [
     ['Position', [side(x, 'right', 'left'), side(y, 'anterior', 'posterior'),
       side(z, 'inferior', 'superior')].join(', ')],
-    ['LPS (x, y, z)', `${fmtPoint([x, y, z])}; ITK, ITK-SNAP, DICOM`],
-    ['RAS (x, y, z)', `${fmtPoint([-x, -y, z])}; NIfTI, nilearn, FreeSurfer, Slicer`],
+    ['LPS (x, y, z)', fmtPoint([x, y, z])],
+    ['RAS (x, y, z)', fmtPoint([-x, -y, z])],
   ];
 }
 
@@ -106,8 +108,8 @@ export function showReadout(pick, pinned) {
   }
   const list = element('dl');
   for (const [term, value] of rows) list.append(element('dt', term), element('dd', value));
-  const hint = element('p', pinned ? 'Pinned: click elsewhere or press Escape to release.'
-    : 'Click to pin.', 'hint');
+  const hint = element('p', `${pinned ? 'Pinned: click elsewhere or press Escape to release.'
+    : 'Click to pin.'} ${COORDINATE_NOTE}`, 'hint');
   readout.replaceChildren(element('p', title, 'readout-title'), list, hint);
   readout.hidden = false;
   readout.dataset.state = state.map;
