@@ -32,8 +32,9 @@ from skimage.measure import regionprops
 
 from .._version import __version__
 from ..annotations import BOX_NOTE, nodule_box, read_nodule_mask
-from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, grid_signature, part_name
+from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, part_name
 from ..checks import check_choice, check_number, check_optional_workers
+from ..grid import Grid
 from ..io import (
     InputError,
     atomic_path,
@@ -129,7 +130,8 @@ def save_patch(path: Path, patch: Patch, qc_row: dict, input_digest: str = "") -
     (if any), the atlas grid (``grid`` JSON), the QC row (``qc`` JSON) and the digest of the
     inputs it was computed from (``input_digest``, for resuming)."""
     arrays = {"start_zyx": patch.start_zyx, "mask": patch.mask,
-              "grid": to_json(patch.grid), "qc": to_json(qc_row), "input_digest": input_digest}
+              "grid": to_json(patch.grid.signature()), "qc": to_json(qc_row),
+              "input_digest": input_digest}
     if patch.heatmap is not None:
         arrays["heatmap"] = patch.heatmap
     write_npz(path, **arrays)
@@ -140,7 +142,7 @@ def load_patch(path: str | Path) -> Patch:
     with np.load(path) as data:
         return Patch(data["start_zyx"].astype(np.int64), data["mask"].astype(bool),
                      data["heatmap"] if "heatmap" in data.files else None,
-                     json.loads(str(data["grid"])))
+                     Grid.from_signature(json.loads(str(data["grid"]))))
 
 
 def _patch_qc(path: Path) -> dict:
@@ -378,7 +380,7 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
                         "front/back)")
     part = part_name(job["side"])
     region = atlas.labels == 10 * part + thirds[third]
-    y_mm = atlas.origin_mm[1] + atlas.spacing_mm * np.arange(atlas.labels.shape[1])
+    y_mm = atlas.grid.axes_mm()[1]
     centre_y = atlas.lobe_axes[part]["centre_mm"][1]
     front = (y_mm < centre_y) if _DEPTH[depth] == "front" else (y_mm >= centre_y)
     region &= front[None, :, None]
@@ -387,7 +389,7 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
     mask = np.ascontiguousarray(region[box])
     patch = Patch(np.array([k.min(), j.min(), i.min()], np.int64), mask,
                   mask.astype(np.float16) if settings.heatmaps else None,
-                  grid_signature(atlas))
+                  atlas.grid)
     centre = atlas.voxel_to_world(np.stack([i, j, k], 1).mean(axis=0))[0]
     row = {"views": "coarse", "rounds": 0, "converged": 1, "depth_gap_mm": 0.0,
            "pixel_spacing_assumed": 0,
@@ -586,7 +588,7 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
         out_dir = ensure_writable_dir(out_dir)
         resumed.temporaries_removed = claim_folder(
             out_dir, "register.json", FORMAT,
-            {**asdict(settings), "atlas": grid_signature(atlas),
+            {**asdict(settings), "atlas": atlas.grid.signature(),
              "atlas_metadata": atlas.metadata}, "register")
     jobs, failed_rows = _nodule_jobs(manifest, heatmap_dir, out_dir)
     done: dict[str, dict] = {}

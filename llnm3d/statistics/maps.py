@@ -38,8 +38,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._version import __version__
-from ..atlas import REGION_NAMES, Atlas, as_atlas, grid_signature
+from ..atlas import REGION_NAMES, Atlas, as_atlas
 from ..checks import check_choice, check_number, check_optional_workers, check_seed
+from ..grid import Grid
 from ..io import (
     InputError,
     atomic_paths,
@@ -197,16 +198,15 @@ class Stats:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     resumed: Resumed = field(default_factory=Resumed, repr=False)
 
+    @property
+    def grid(self) -> Grid:
+        """The atlas grid every volume is on."""
+        return Grid(next(iter(self.volumes.values())).shape, self.origin_mm, self.spacing_mm)
+
     def value_at(self, name: str, points_mm: np.ndarray) -> np.ndarray:
         """Value of map ``name`` at the voxel nearest each atlas point (mm), shape (N,); NaN
         off the grid."""
-        volume = self.volumes[name]
-        ijk = np.rint((np.atleast_2d(points_mm) - self.origin_mm) / self.spacing_mm).astype(int)
-        inside = np.all((ijk >= 0) & (ijk < np.array(volume.shape[::-1])), axis=1)
-        out = np.full(len(ijk), np.nan)
-        i, j, k = ijk[inside].T
-        out[inside] = volume[k, j, i]
-        return out
+        return self.grid.sample(self.volumes[name], points_mm)
 
     def probability_at(self, points_mm: np.ndarray) -> pd.DataFrame:
         """LLNM probability with its 95 % interval and coverage at atlas points (mm)."""
@@ -291,7 +291,7 @@ def _select_nodules(registered: list[Registered], weight: str, covariates: list[
                     atlas: Atlas) -> tuple[pd.DataFrame, dict]:
     """The QC rows of the nodules that enter the statistics, and the exclusion counts;
     ``source`` names each nodule's registration folder."""
-    signature = grid_signature(atlas)
+    signature = atlas.grid.signature()
     tables = []
     for result in registered:
         if result.out_dir is None:
@@ -493,7 +493,7 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     sources = [r if isinstance(r, Registered) else load_registered(r) for r in sources]
     nodules, excluded = _select_nodules(sources, weight, covariates, atlas)
 
-    params = {"estimator": estimator, "weight": weight, "atlas": grid_signature(atlas),
+    params = {"estimator": estimator, "weight": weight, "atlas": atlas.grid.signature(),
               "min_cases": min_cases,
               "permutations": permutations, "covariates": covariates, "seed": seed,
               "prior_strength": prior_strength, "tfce": tfce, "cluster_p": cluster_p,
