@@ -399,6 +399,65 @@ class MapSettings:
         check_bin_edges(self.bins_mm)
         object.__setattr__(self, "bins_mm", tuple(self.bins_mm))  # frozen: set once, checked
 
+    @property
+    def test_covariates(self) -> list[str]:
+        """The confounds of the voxelwise tests: :attr:`covariates`, plus ``extent`` with
+        :attr:`adjust_extent`."""
+        covariates = list(self.covariates)
+        if self.adjust_extent and "extent" not in covariates:
+            # Footprint extent can track the outcome (see footprint_extent): without the
+            # lesion-volume covariate the t-test finds "effects" that are only spread.
+            covariates.append("extent")
+        return covariates
+
+
+# Arrays and tables: compared by identity (eq=False), never by value.
+@dataclass(frozen=True, eq=False)
+class _Evidence:
+    """The accumulated nodules the maps and tests of :func:`_statistics` are computed from.
+
+    Attributes
+    ----------
+    included : DataFrame
+        One row per included nodule, in the order of the footprint columns.
+    footprints : sparse matrix, shape (n_domain, n_nodules)
+        Each included nodule's footprint weight on the domain (:func:`weight_matrix`).
+    state : Accumulator
+        The voxelwise sums over the domain.
+    domain : ndarray of int, shape (n_domain,)
+        Flat atlas indices of the analysis domain.
+    tested : ndarray of int
+        Domain indices of the voxels touched by at least ``min_cases`` nodules.
+    atlas : Atlas
+    """
+
+    included: pd.DataFrame
+    footprints: sp.csr_matrix
+    state: Accumulator
+    domain: np.ndarray
+    tested: np.ndarray
+    atlas: Atlas
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where a run of :func:`aggregate` keeps its permutation blocks and what it shows.
+
+    Attributes
+    ----------
+    out_dir : Path or None
+        The output folder (None: nothing saved, permutations drawn afresh).
+    data_key : str
+        Digest of the data accumulated (:func:`_data_key`); saved permutation blocks are
+        reused only for the same key.
+    progress : bool
+        Show progress bars.
+    """
+
+    out_dir: Path | None
+    data_key: str
+    progress: bool
+
 
 def aggregate(registered, atlas: Atlas | str | Path | None = None,
               out_dir: str | Path | None = None, estimator: str = "spatial",
@@ -522,11 +581,11 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     with dask_session(scheduler, workers) as session:
         state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params,
                             digests, workers, session, progress)
+        output = _Output(out_dir, _data_key(state, digests), progress)
         if out_dir is not None and permutations:
-            _claim_permutations(out_dir / "permutations", _data_key(state, digests))
+            _claim_permutations(out_dir / "permutations", output.data_key)
         stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
-                            settings, tests, out_dir, progress, workers, session,
-                            _data_key(state, digests))
+                            settings, tests, output, workers, session)
     stats.resumed = resumed
     if out_dir is not None:
         stats.save(out_dir)
@@ -570,8 +629,8 @@ def _claim_permutations(folder: Path, key: str) -> None:
 
 
 def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
-                settings: MapSettings, tests, out_dir, progress, workers, scheduler,
-                data_key) -> Stats:
+                settings: MapSettings, tests: TestSettings, output: _Output, workers,
+                scheduler) -> Stats:
     """Maps, tests and tables of an accumulated state."""
     estimator, weight, min_cases = settings.estimator, settings.weight, settings.min_cases
     covariates, bins_mm = list(settings.covariates), list(settings.bins_mm)
@@ -588,7 +647,7 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
         volumes[f"{prefix}_probability{suffix}"] = volumes[f"probability{suffix}"]
     tested = np.flatnonzero(state.sums["n"] >= min_cases)
     footprints = weight_matrix(included, np.arange(len(domain)), lookup, len(domain), weight,
-                               progress, workers, scheduler)
+                               output.progress, workers, scheduler)
     included["footprint_voxels"] = footprints.getnnz(axis=0)
     extent, notes = footprint_extent(included, weight,
                                      settings.adjust_extent or "extent" in covariates)
@@ -613,23 +672,17 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
         for name, values in fitted.items():
             volumes[name] = _to_volume(np.where(shown, values, np.nan), domain,
                                        atlas.labels.shape)
-    test_covariates = list(covariates)
-    if settings.adjust_extent and "extent" not in test_covariates:
-        # Footprint extent can track the outcome (see footprint_extent): without the
-        # lesion-volume covariate the t-test finds "effects" that are only spread.
-        test_covariates.append("extent")
-    test_notes, t_dof, clusters = _test_maps(volumes, state, included, domain, tested,
-                                             footprints, test_covariates, tests, out_dir,
-                                             atlas, progress)
+    evidence = _Evidence(included, footprints, state, domain, tested, atlas)
+    test_covariates = settings.test_covariates
+    test_notes, t_dof, clusters = _test_maps(volumes, evidence, test_covariates, tests, output)
     notes += test_notes
     tables = {"clusters": clusters}
     tables["nodule_model"], model_notes = nodule_model_table(included, bins_mm)
     notes += [NODULE_MODEL_NOTE + note for note in model_notes]
     contrast = None
-    if params["contrast"] is not None:
-        contrast, tables["contrast_clusters"] = _contrast_statistics(
-            volumes, included, footprints, tested, state, domain, atlas, params["contrast"],
-            covariates, test_covariates, tests, min_cases, out_dir, data_key, progress)
+    if settings.contrast is not None:
+        contrast, tables["contrast_clusters"] = _contrast_statistics(volumes, evidence,
+                                                                     settings, tests, output)
         notes += [CONTRAST_NOTE + note for note in contrast["notes"]]
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
                   region_table(included, atlas), capsule_distance_table(included, bins_mm),
@@ -861,12 +914,15 @@ def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray
     return matrix.tocsr()
 
 
-def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
-               tests: TestSettings, out_dir, atlas,
-               progress) -> tuple[list[str], int | None, pd.DataFrame]:
-    """Add the test maps (:mod:`.voxelwise`), each p map followed by its -log10 map; return
-    notes on what could not be tested, the t-test's degrees of freedom (None if untested) and
-    the clusters table."""
+def _test_maps(volumes: dict[str, np.ndarray], evidence: _Evidence, covariates: list[str],
+               tests: TestSettings, output: _Output
+               ) -> tuple[list[str], int | None, pd.DataFrame]:
+    """Add the test maps (:mod:`.voxelwise`) of the outcome, adjusted for ``covariates``,
+    each p map followed by its -log10 map; return notes on what could not be tested, the
+    t-test's degrees of freedom (None if untested) and the clusters table."""
+    included, state, domain, tested = (evidence.included, evidence.state, evidence.domain,
+                                       evidence.tested)
+    atlas, out_dir = evidence.atlas, output.out_dir
     shape = atlas.labels.shape
     y = included["label"].to_numpy(float)
     names = test_names(tests)
@@ -881,9 +937,9 @@ def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
         return notes, None, pd.DataFrame(columns=CLUSTER_COLUMNS)
     ijk = _grid_indices(domain[tested], shape)
     maps, dof, cluster = voxelwise_tests(
-        footprints[tested], y, _covariate_matrix(included, covariates),
+        evidence.footprints[tested], y, _covariate_matrix(included, covariates),
         state.sums["n"][tested], state.sums["events"][tested], ijk, tests,
-        None if out_dir is None else out_dir / "permutations", progress)
+        None if out_dir is None else out_dir / "permutations", output.progress)
     _put_test_maps(volumes, maps, names, "", tested, domain, shape)
     return notes, dof, _cluster_table(maps, cluster, tests, atlas, domain[tested], ijk)
 
@@ -916,17 +972,24 @@ def _cluster_table(maps, cluster, tests, atlas, flat, ijk) -> pd.DataFrame:
     return cluster_table(maps, cluster, atlas.voxel_to_world(ijk), regions, atlas.spacing_mm)
 
 
-def _contrast_statistics(volumes, included, footprints, tested, state, domain, atlas, column,
-                         covariates, test_covariates, tests, min_cases, out_dir, data_key,
-                         progress) -> tuple[dict, pd.DataFrame]:
-    """Add the group contrast's maps (:mod:`.contrast`): each level's risk and their
-    difference from the spatial model, and the outcome x group interaction test (maps
-    ``contrast_t``..., family-wise by the same permutation scheme as the outcome's test).
-    Returns the summary record and the interaction test's clusters table."""
+def _contrast_statistics(volumes: dict[str, np.ndarray], evidence: _Evidence,
+                         settings: MapSettings, tests: TestSettings, output: _Output
+                         ) -> tuple[dict, pd.DataFrame]:
+    """Add the group contrast's maps (:mod:`.contrast`) of ``settings.contrast``: each
+    level's risk and their difference from the spatial model, and the outcome x group
+    interaction test (maps ``contrast_t``..., family-wise by the same permutation scheme as
+    the outcome's test). Returns the summary record and the interaction test's clusters
+    table."""
+    included, footprints, domain, tested = (evidence.included, evidence.footprints,
+                                            evidence.domain, evidence.tested)
+    atlas, out_dir, column = evidence.atlas, output.out_dir, settings.contrast
+    assert column is not None  # called only for a contrast
+    test_covariates = settings.test_covariates
     shape = atlas.labels.shape
     fitted, record = estimate_contrast(footprints, included, column, atlas, domain,
-                                       state.sums["n"] > 0,
-                                       _covariate_matrix(included, covariates), min_cases)
+                                       evidence.state.sums["n"] > 0,
+                                       _covariate_matrix(included, list(settings.covariates)),
+                                       settings.min_cases)
     for name, values in fitted.items():
         volumes[name] = _to_volume(values, domain, shape)
     groups = contrast_groups(included, column)
@@ -944,12 +1007,12 @@ def _contrast_statistics(volumes, included, footprints, tested, state, domain, a
     if out_dir is not None and tests.permutations:
         folder = out_dir / "permutations" / "contrast"
         # Blocks are reusable only for the same data and the same groups.
-        _claim_permutations(folder, digest({"data": data_key, "column": column,
+        _claim_permutations(folder, digest({"data": output.data_key, "column": column,
                                             "nodules": included["nodule"].iloc[usable].tolist(),
                                             "groups": groups.g[usable].tolist()}))
     design = OLSDesign(footprints[tested][:, usable], tested_variate, confounds)
     ijk = _grid_indices(domain[tested], shape)
-    maps, cluster = permutation_tests(design, ijk, tests, folder, progress)
+    maps, cluster = permutation_tests(design, ijk, tests, folder, output.progress)
     _put_test_maps(volumes, maps, names, INTERACTION_PREFIX, tested, domain, shape)
     record["interaction_test"] = {
         "tested": "outcome x group (level B minus level A)", "nodules": int(len(usable)),
