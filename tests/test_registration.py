@@ -199,11 +199,11 @@ def test_resume_after_interruption_gives_identical_results(cohort, atlas, tmp_pa
     original = cohort_module._register_one
     calls = []
 
-    def dies_after_five(job):
+    def dies_after_five(context, job):
         if len(calls) == 5:
             raise KeyboardInterrupt
-        calls.append(job["nodule"])
-        return original(job)
+        calls.append(job.nodule)
+        return original(context, job)
 
     monkeypatch.setattr(cohort_module, "_register_one", dies_after_five)
     with pytest.raises(KeyboardInterrupt):

@@ -56,7 +56,7 @@ from ..io import (
     write_nifti,
 )
 from ..manifest import NUMERIC_RANGES
-from ..parallel import dask_session, map_cases
+from ..parallel import Failure, dask_session, map_cases
 from ..registration import Registered, load_registered
 from ..resume import Resumed
 from .accumulate import (
@@ -271,20 +271,43 @@ def load_stats(stats_dir: str | Path) -> Stats:
 
 # -- the pipeline ------------------------------------------------------------------------------
 
-_WORKER: dict = {}
+@dataclass(frozen=True, eq=False)
+class _PatchReading:
+    """What reading a patch onto the analysis domain needs (shared by every block).
+
+    Attributes
+    ----------
+    weight : {"mask", "heatmap"}
+    lookup : ndarray of int64, shape (atlas voxels,)
+        Domain index of each atlas voxel, -1 outside (:func:`.accumulate.domain_lookup`).
+    n_domain : int
+        Voxels in the domain.
+    position : ndarray of int64, shape (n_domain,), or None
+        For :func:`weight_matrix`: the row of each domain voxel in the matrix, -1 where not
+        tested.
+    """
+
+    weight: str
+    lookup: np.ndarray
+    n_domain: int
+    position: np.ndarray | None = None
 
 
-def _init_worker(weight: str, lookup: np.ndarray, n_domain: int) -> None:
-    _WORKER.update(weight=weight, lookup=lookup, n_domain=n_domain)
+@dataclass(frozen=True)
+class _AccumulateBlock:
+    """One block of nodules to accumulate, numbered in the fixed block order."""
+
+    index: int
+    nodules: tuple[NoduleInput, ...]
 
 
-def _block_job(job: tuple[int, list[NoduleInput]]) -> tuple[str, Accumulator | str]:
-    index, nodules = job
+def _block_job(reading: _PatchReading, block: _AccumulateBlock) -> Accumulator | Failure:
     try:
-        return f"block {index}", accumulate_block(nodules, _WORKER["weight"], _WORKER["lookup"],
-                                                  _WORKER["n_domain"])
+        return accumulate_block(list(block.nodules), reading.weight, reading.lookup,
+                                reading.n_domain)
     except Exception as exc:  # reported with the block's first nodule; the run stops
-        return f"block {index} ({nodules[0].key}...)", f"{type(exc).__name__}: {exc}"
+        return Failure(f"block {block.index} ({block.nodules[0].key}...)",
+                       f"{type(exc).__name__}: {exc}")
 
 
 def _select_nodules(registered: list[Registered], weight: str, covariates: list[str],
@@ -820,15 +843,16 @@ def _accumulate(nodules, state, weight, lookup, n_domain, out_dir, params, diges
               for _, row in todo.iterrows()]
     blocks = [inputs[start:start + BLOCK_SIZE] for start in range(0, len(inputs), BLOCK_SIZE)]
     per_round = max(8, 2 * (workers or 2))
+    reading = _PatchReading(weight, lookup, n_domain)
     for start in range(0, len(blocks), per_round):
-        jobs = list(enumerate(blocks[start:start + per_round], start=start))
+        jobs = [_AccumulateBlock(index, tuple(block))
+                for index, block in enumerate(blocks[start:start + per_round], start=start)]
         results, failures = map_cases(_block_job, jobs, workers, progress and len(blocks) > 1,
-                                      desc="aggregate", unit="block", initializer=_init_worker,
-                                      initargs=(weight, lookup, n_domain), chunksize=1,
-                                      scheduler=scheduler)
+                                      desc="aggregate", unit="block", context=reading,
+                                      chunksize=1, scheduler=scheduler)
         if failures:
-            key, reason = failures[0]
-            raise InputError(f"cannot read the patches of {key}: {reason}")
+            raise InputError(f"cannot read the patches of {failures[0].id}: "
+                             f"{failures[0].reason}")
         for block in results:
             state.merge(block)
         if out_dir is not None:
@@ -867,28 +891,35 @@ def _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength)
     return volumes
 
 
-def _matrix_block_job(job: tuple[int, int, list[str]]) -> tuple[str, tuple | str]:
+@dataclass(frozen=True)
+class _MatrixBlock:
+    """One block of patch files, numbered in block order; ``first`` is the matrix column of
+    its first patch."""
+
+    index: int
+    first: int
+    paths: tuple[str, ...]
+
+
+def _matrix_block_job(reading: _PatchReading, block: _MatrixBlock
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Failure:
     """COO pieces (rows = tested voxels, columns = nodule positions) of a block of patches."""
-    index, first, paths = job
+    position = reading.position
+    assert position is not None  # weight_matrix always sets it
     try:
-        position = _WORKER["position"]
         rows, cols, values = [], [], []
-        for offset, path in enumerate(paths):
-            columns, w, _, _ = patch_weights(Path(path), _WORKER["weight"], _WORKER["lookup"])
+        for offset, path in enumerate(block.paths):
+            columns, w, _, _ = patch_weights(Path(path), reading.weight, reading.lookup)
             keep = position[columns] >= 0
             rows.append(position[columns[keep]].astype(np.int32))
-            cols.append(np.full(keep.sum(), first + offset, np.int32))
+            cols.append(np.full(keep.sum(), block.first + offset, np.int32))
             # Weights are float16 values (or 0/1), so single precision holds them exactly and
             # halves what travels back from the workers.
             values.append(w[keep].astype(np.float32))
-        return f"block {index}", (np.concatenate(rows), np.concatenate(cols),
-                                  np.concatenate(values))
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
     except Exception as exc:  # reported with the block's first patch; the run stops
-        return f"block {index} ({paths[0]}...)", f"{type(exc).__name__}: {exc}"
-
-
-def _init_matrix_worker(weight: str, lookup: np.ndarray, position: np.ndarray) -> None:
-    _WORKER.update(weight=weight, lookup=lookup, position=position)
+        return Failure(f"block {block.index} ({block.paths[0]}...)",
+                       f"{type(exc).__name__}: {exc}")
 
 
 def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray,
@@ -899,16 +930,15 @@ def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray
     position = np.full(n_domain, -1, np.int64)
     position[tested] = np.arange(len(tested))
     paths = [str(p) for p in included["patch_path"]]
-    jobs = [(index, start, paths[start:start + BLOCK_SIZE])
+    jobs = [_MatrixBlock(index, start, tuple(paths[start:start + BLOCK_SIZE]))
             for index, start in enumerate(range(0, len(paths), BLOCK_SIZE))]
     pieces, failures = map_cases(_matrix_block_job, jobs, workers, progress and len(jobs) > 1,
                                  desc="weight matrix", unit="block",
-                                 initializer=_init_matrix_worker,
-                                 initargs=(weight, lookup, position), chunksize=1,
-                                 scheduler=scheduler)
+                                 context=_PatchReading(weight, lookup, n_domain, position),
+                                 chunksize=1, scheduler=scheduler)
     if failures:
-        key, reason = failures[0]
-        raise InputError(f"cannot read the patches of {key}: {reason}")
+        raise InputError(f"cannot read the patches of {failures[0].id}: "
+                         f"{failures[0].reason}")
     rows, cols, values = (np.concatenate(parts) for parts in zip(*pieces, strict=True))
     matrix = sp.coo_matrix((values, (rows, cols)), shape=(len(tested), len(included)))
     return matrix.tocsr()
