@@ -36,6 +36,7 @@ from scipy import ndimage
 from ._version import __version__
 from .anatomy import ISTHMUS, LEFT, RIGHT, ThyroidShape, gland_field_mm
 from .checks import check_number
+from .grid import Grid
 from .io import InputError, atomic_path, read_json, read_volume, write_json, write_volume
 from .label_tables import write_label_tables
 from .mesh import surface_from_field
@@ -169,8 +170,9 @@ class Atlas:
         shape = shape or ThyroidShape()
         lo, hi = _DEFAULT_BOUNDS_MM
         counts = np.floor((hi - lo) / spacing_mm).astype(int) + 1
-        axes = [lo[d] + spacing_mm * np.arange(counts[d]) for d in range(3)]
-        zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+        grid = Grid(counts[::-1], lo, spacing_mm)
+        x, y, z = grid.axes_mm()
+        zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
         points = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
         field_mm, part = gland_field_mm(points, shape)
         inside = field_mm.reshape(zz.shape) < 0
@@ -178,7 +180,7 @@ class Atlas:
         distance = signed_distance_mm(inside, spacing_mm)
         lobe_axes = {}
         for lobe in (RIGHT, LEFT):
-            lobe_axes[lobe] = _split_thirds(labels, lobe, lo, spacing_mm)
+            lobe_axes[lobe] = _split_thirds(labels, lobe, grid)
         return cls(
             labels=labels,
             capsule_distance=distance,
@@ -197,33 +199,27 @@ class Atlas:
     def shape_zyx(self) -> tuple[int, int, int]:
         return self.labels.shape
 
+    @property
+    def grid(self) -> Grid:
+        """The atlas grid: shape of :attr:`labels`, :attr:`origin_mm`, :attr:`spacing_mm`."""
+        return Grid(self.labels.shape, self.origin_mm, self.spacing_mm)
+
     def world_to_voxel(self, points_mm: np.ndarray) -> np.ndarray:
         """Fractional voxel coordinates (i, j, k), shape (N, 3), of atlas points (mm)."""
-        points = np.atleast_2d(np.asarray(points_mm, dtype=float))
-        return (points - self.origin_mm) / self.spacing_mm
+        return self.grid.voxel_coordinates(points_mm)
 
     def voxel_to_world(self, ijk: np.ndarray) -> np.ndarray:
         """Atlas positions (mm), shape (N, 3), of voxel coordinates (i, j, k)."""
-        return self.origin_mm + self.spacing_mm * np.atleast_2d(np.asarray(ijk, dtype=float))
+        return self.grid.to_world(ijk)
 
     def region_of(self, points_mm: np.ndarray) -> np.ndarray:
         """Region label (see module docstring) of the voxel nearest each point; 0 outside."""
-        return self._voxel_lookup(self.labels, points_mm)
+        return self.grid.sample(self.labels, points_mm, fill=0, dtype=np.uint8)
 
     def nearest_region_of(self, points_mm: np.ndarray) -> np.ndarray:
         """Region label of the gland voxel nearest each point (the point's own region inside
         the gland); 0 outside the grid."""
-        return self._voxel_lookup(self._nearest_labels, points_mm)
-
-    def _voxel_lookup(self, volume: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
-        """Value of ``volume`` (atlas-shaped, uint8) at the voxel nearest each point; 0 off
-        the grid."""
-        ijk = np.rint(self.world_to_voxel(points_mm)).astype(int)
-        inside_grid = np.all((ijk >= 0) & (ijk < np.array(self.labels.shape[::-1])), axis=1)
-        out = np.zeros(len(ijk), dtype=np.uint8)
-        i, j, k = ijk[inside_grid].T
-        out[inside_grid] = volume[k, j, i]
-        return out
+        return self.grid.sample(self._nearest_labels, points_mm, fill=0, dtype=np.uint8)
 
     @functools.cached_property
     def _nearest_labels(self) -> np.ndarray:
@@ -365,7 +361,8 @@ class Atlas:
         lobe_axes = {}
         for lobe in (RIGHT, LEFT):
             saved = None if bare else info.get("lobe_axes", {}).get(PART_NAMES[lobe])
-            lobe_axes[lobe] = saved or _split_thirds(labels, lobe, origin, spacing)
+            lobe_axes[lobe] = saved or _split_thirds(labels, lobe, Grid(labels.shape, origin,
+                                                                         spacing))
         inside = labels > 0
         distance_file = path / "capsule_distance.nii.gz"
         if distance_file.exists():
@@ -424,8 +421,9 @@ def signed_distance_mm(inside: np.ndarray, spacing_mm: float) -> np.ndarray:
     return np.where(inside, -(inside_dist - half), outside_dist - half).astype(np.float32)
 
 
-def _split_thirds(labels: np.ndarray, lobe: int, origin_mm: np.ndarray, spacing_mm: float) -> dict:
-    """Relabel one lobe into upper/middle/lower thirds in place; return its long axis.
+def _split_thirds(labels: np.ndarray, lobe: int, grid: Grid) -> dict:
+    """Relabel one lobe of ``labels`` (on ``grid``) into upper/middle/lower thirds in place;
+    return its long axis.
 
     The long axis is the first principal axis of the lobe's voxels, oriented upwards; the lobe is
     cut into three equal lengths between its extreme projections on that axis.
@@ -433,7 +431,7 @@ def _split_thirds(labels: np.ndarray, lobe: int, origin_mm: np.ndarray, spacing_
     k, j, i = np.nonzero(labels // 10 == lobe)
     if len(k) == 0:
         raise InputError(f"atlas has no {PART_NAMES[lobe]} lobe")
-    points = origin_mm + spacing_mm * np.stack([i, j, k], axis=1)
+    points = grid.to_world(np.stack([i, j, k], axis=1))
     centre = points.mean(axis=0)
     _, _, vt = np.linalg.svd(points - centre, full_matrices=False)
     axis = vt[0] if vt[0][2] > 0 else -vt[0]
@@ -451,10 +449,3 @@ def _default_atlas(spacing_mm: float) -> Atlas:
     atlas.labels.setflags(write=False)
     atlas.capsule_distance.setflags(write=False)
     return atlas
-
-
-def grid_signature(atlas: Atlas) -> dict:
-    """What identifies an atlas grid for patches: shape, origin and spacing."""
-    return {"shape_zyx": [int(n) for n in atlas.labels.shape],
-            "origin_mm": [float(o) for o in atlas.origin_mm],
-            "spacing_mm": float(atlas.spacing_mm)}

@@ -9,6 +9,7 @@ load.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from .inputs import CHANNELS, Geometry, location_feature_map
 from .io import InputError, read_grayscale, read_mask
 from .manifest import Manifest
 from .model import sex_codes
-from .parallel import map_cases
+from .parallel import Failure, map_cases
 from .text import encode
 
 
@@ -73,25 +74,47 @@ class Cases:
         return self.table["label"].fillna(-1).to_numpy(int)
 
 
-def _load_one(task: tuple) -> tuple[str, tuple | str]:
-    (case_id, image_path, nodule_path, box_px, thyroid_path, spacing, report, max_length,
-     resize) = task
+@dataclass(frozen=True)
+class _Loading:
+    """How every case is loaded: report tokens per case, and whether masks of another size
+    are resized to their image."""
+
+    max_length: int
+    resize_masks: bool
+
+
+@dataclass(frozen=True)
+class _CaseFiles:
+    """One manifest row to load: its files, nodule box, pixel spacing and report."""
+
+    case_id: str
+    image: Path
+    nodule_mask: Path | None
+    nodule_box: tuple[float, float, float, float] | None
+    thyroid_mask: Path | None
+    spacing_mm: float | None
+    report: str
+
+
+def _load_one(loading: _Loading, case: _CaseFiles) -> tuple | Failure:
+    case_id, resize = case.case_id, loading.resize_masks
     try:
-        image = read_grayscale(image_path)
-        nodule = read_nodule_mask(nodule_path, box_px, image.shape, resize)
+        image = read_grayscale(case.image)
+        nodule = read_nodule_mask(case.nodule_mask, case.nodule_box, image.shape, resize)
         if nodule is None:
-            return case_id, "no nodule mask"
-        thyroid = read_mask(thyroid_path, image.shape if resize else None)
+            return Failure(case_id, "no nodule mask")
+        thyroid = read_mask(case.thyroid_mask, image.shape if resize else None)
+        spacing = case.spacing_mm
         spacing = None if spacing is None or not np.isfinite(spacing) else float(spacing)
         values = nodule_features(image, nodule, spacing_mm=spacing, thyroid_mask=thyroid)
         channels, geometry = location_feature_map(image, nodule, thyroid, spacing)
         maps = np.round(channels * 255).astype(np.uint8)
         features = np.array([values[name] for name in MODEL_FEATURES], np.float32)
-        return case_id, (case_id, maps, geometry, encode(report, max_length), features)
+        return case_id, maps, geometry, encode(case.report, loading.max_length), features
     except InputError as exc:
-        return case_id, str(exc)
+        return Failure(case_id, str(exc))
     except Exception as exc:  # one unreadable case is reported; the others load
-        return case_id, f"{type(exc).__name__}: {exc}"
+        return Failure(case_id, f"{type(exc).__name__}: {exc}")
 
 
 def load_cases(manifest: Manifest, view: str | None = None, max_length: int = 48,
@@ -109,13 +132,16 @@ def load_cases(manifest: Manifest, view: str | None = None, max_length: int = 48
     for _, row in table.iterrows():
         spacing = row.get("pixel_spacing_mm")
         report = row.get("report")
-        tasks.append((row["case_id"], manifest.path(row, "image"),
-                      manifest.path(row, "nodule_mask"), nodule_box(row),
-                      manifest.path(row, "thyroid_mask"),
-                      None if pd.isna(spacing) else float(spacing),
-                      "" if pd.isna(report) else str(report), max_length, resize_masks))
+        image = manifest.path(row, "image")
+        assert image is not None  # a manifest rejects rows without an image
+        tasks.append(_CaseFiles(row["case_id"], image,
+                                manifest.path(row, "nodule_mask"), nodule_box(row),
+                                manifest.path(row, "thyroid_mask"),
+                                None if pd.isna(spacing) else float(spacing),
+                                "" if pd.isna(report) else str(report)))
     outcomes, failures = map_cases(_load_one, tasks, workers, progress, desc="loading cases",
-                                   unit="image", chunksize=16)
+                                   unit="image", context=_Loading(max_length, resize_masks),
+                                   chunksize=16)
     results = {case_id: loaded for case_id, *loaded in outcomes}
     keep = table[table["case_id"].isin(results)].reset_index(drop=True)
     loaded = [results[c] for c in keep["case_id"]]
@@ -128,5 +154,5 @@ def load_cases(manifest: Manifest, view: str | None = None, max_length: int = 48
         tokens=np.stack([r[2] for r in loaded]) if loaded else np.zeros((0, max_length), int),
         features=np.stack([r[3] for r in loaded]) if loaded else np.zeros((0, n_features),
                                                                            np.float32),
-        failures=failures,
+        failures=[(failure.id, failure.reason) for failure in failures],
     )

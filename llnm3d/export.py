@@ -32,6 +32,7 @@ from .gltf import (
     quantize_positions,
     srgb_to_linear,
 )
+from .grid import grid_step
 from .io import InputError, ensure_writable_dir
 from .mesh import surface_from_field
 from .statistics import MAP_DESCRIPTIONS, Stats, load_stats
@@ -238,7 +239,7 @@ def export_field(stats: Stats, path: str | Path, *, min_cases: int | None = None
         value_range = (float(probability.min()), float(probability.max()))
         coverage = (int(values["n_nodules"].min()), int(values["n_nodules"].max()))
         origin = np.asarray(stats.origin_mm, float)
-        points_mm = origin + stats.spacing_mm * step * grid
+        points_mm = stats.grid.subsampled(step).to_world(grid)
         atlas = as_atlas(atlas) or _matching_atlas(stats)
         region = atlas.region_of(points_mm).astype(np.float32)
         attributes = {
@@ -286,12 +287,6 @@ def _matching_atlas(stats: Stats) -> Atlas:
         raise InputError("the stats were not made on the bundled atlas; pass the atlas "
                          "folder used for registration (--atlas)")
     return atlas
-
-
-def grid_step(spacing_mm: float, grid_spacing_mm: float) -> int:
-    """Every how many voxels of a grid of ``grid_spacing_mm`` to keep for about ``spacing_mm``
-    (at least every voxel)."""
-    return max(1, int(round(spacing_mm / grid_spacing_mm)))
 
 
 def web_surface(atlas: Atlas, spacing_mm: float) -> trimesh.Trimesh:

@@ -1,44 +1,64 @@
 """Running one function over many cases, in worker processes or on a Dask cluster, with a
 progress bar.
 
-Every stage that works case by case (phantom patients, image loading, registration) goes
-through :func:`map_cases`, so they share one convention: the function returns
-``(key, outcome)`` where a ``str`` outcome is the reason the case failed; failures are collected
-by key and the other cases go on. Results come back in job order whatever ran them, so the
-output of a stage does not depend on where it ran.
+Every stage that works case by case (phantom patients, image loading, registration, blocks
+of patches) goes through :func:`map_cases`, so they share one convention: a worker function
+receives what every job shares (its ``context``, sent once per worker process) and one job
+(a small frozen dataclass), and returns its result, or a :class:`Failure` naming the case
+and why it failed; failures are collected and the other cases go on. Results come back in job
+order whatever ran them, so the output of a stage does not depend on where it ran.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from typing import cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from tqdm.auto import tqdm
 
 from .io import InputError
 
+C = TypeVar("C")
+J = TypeVar("J")
+R = TypeVar("R")
 
-def map_cases(function: Callable, jobs: list, workers: int | None = None,
-              progress: bool = True, desc: str = "", unit: str = "case",
-              initializer: Callable | None = None, initargs: tuple = (),
+
+@dataclass(frozen=True)
+class Failure:
+    """A case that failed: its id (a case, nodule, patient or block) and the reason, as the
+    user reads them."""
+
+    id: str
+    reason: str
+
+
+def map_cases(function: Callable[[C, J], R | Failure], jobs: Sequence[J],
+              workers: int | None = None, progress: bool = True, desc: str = "",
+              unit: str = "case", *, context: C, setup: Callable[[], object] | None = None,
               chunksize: int = 8, scheduler: str | None = None
-              ) -> tuple[list, list[tuple[str, str]]]:
+              ) -> tuple[list[R], list[Failure]]:
     """Apply ``function`` to each job, in job order.
 
     Parameters
     ----------
     function : callable
-        Picklable; ``function(job) -> (key, outcome)``, ``outcome`` a ``str`` on failure.
-    jobs : list
+        Picklable; ``function(context, job)`` returns the job's result, or a
+        :class:`Failure` (the other jobs go on).
+    jobs : sequence
     workers : int, optional
         Processes (default: all cores, at most one per job); 1 runs in this process. With
         ``scheduler="local"``, the number of workers of the local Dask cluster.
-    initializer, initargs
-        Run once per worker (and once here when ``workers == 1``) before any job.
+    context
+        Picklable; what every job shares (an atlas, settings), sent once to each worker.
+    setup : callable, optional
+        Picklable; run once per worker process (and once here when ``workers == 1``) before
+        any job, for per-process settings such as thread limits.
     scheduler : str or dask.distributed.Client, optional
         Run on Dask distributed instead: the address of a running scheduler
         (``tcp://host:8786``; its workers must see the same files), ``"local"`` for a
@@ -47,31 +67,48 @@ def map_cases(function: Callable, jobs: list, workers: int | None = None,
 
     Returns
     -------
-    results : list of outcome
-        The successful outcomes, in job order.
-    failures : list of (key, reason)
+    results : list
+        The successful results, in job order.
+    failures : list of Failure
+        In job order.
     """
     if scheduler is not None:
         return _split(_map_dask(function, jobs, scheduler, workers, progress, desc, unit,
-                                initializer, initargs, chunksize))
-    return _split(_map_local(function, jobs, workers, progress, desc, unit, initializer,
-                             initargs, chunksize))
+                                context, setup, chunksize))
+    return _split(_map_local(function, jobs, workers, progress, desc, unit, context, setup,
+                             chunksize))
 
 
-def _map_local(function, jobs, workers, progress, desc, unit, initializer, initargs,
+# A worker process's context, installed once by _install: module state, so each job sent to
+# the process carries only itself.
+_CONTEXT: list = [None]
+
+
+def _install(context, setup: Callable[[], object] | None) -> None:
+    if setup is not None:
+        setup()
+    _CONTEXT[0] = context
+
+
+def _run_installed(function: Callable, job):
+    return function(_CONTEXT[0], job)
+
+
+def _map_local(function, jobs, workers, progress, desc, unit, context, setup,
                chunksize) -> Iterator:
     """Outcomes of ``function`` over ``jobs`` in local processes (or here), in job order."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress)
     pool = None
     if workers == 1:
-        if initializer is not None:
-            initializer(*initargs)
-        outcomes: Iterable = map(function, jobs)
+        if setup is not None:
+            setup()
+        outcomes: Iterable = (function(context, job) for job in jobs)
     else:
-        pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=initializer,
-                                                      initargs=initargs)
-        outcomes = pool.map(function, jobs, chunksize=chunksize)
+        pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_install,
+                                                      initargs=(context, setup))
+        outcomes = pool.map(functools.partial(_run_installed, function), jobs,
+                            chunksize=chunksize)
     try:
         for outcome in outcomes:
             yield outcome
@@ -82,27 +119,24 @@ def _map_local(function, jobs, workers, progress, desc, unit, initializer, inita
             pool.shutdown(cancel_futures=True)
 
 
-def _split(outcomes: Iterable) -> tuple[list, list[tuple[str, str]]]:
-    results, failures = [], []
-    for key, outcome in outcomes:
-        if isinstance(outcome, str):
-            failures.append((key, outcome))
-        else:
-            results.append(outcome)
+def _split(outcomes: Iterable) -> tuple[list, list[Failure]]:
+    results: list = []
+    failures: list[Failure] = []
+    for outcome in outcomes:
+        (failures if isinstance(outcome, Failure) else results).append(outcome)
     return results, failures
 
 
 _DASK_TOKEN: list[str] = [""]
 
 
-def _run_chunk(chunk: list, function: Callable, setup: tuple) -> list:
-    """Run a chunk of jobs on a Dask worker, initialising the worker once per map call."""
-    token, initializer, initargs = setup
+def _run_chunk(chunk: list, function: Callable, shared: tuple) -> list:
+    """Run a chunk of jobs on a Dask worker, installing the context once per map call."""
+    token, context, setup = shared
     if _DASK_TOKEN[0] != token:
-        if initializer is not None:
-            initializer(*initargs)
+        _install(context, setup)
         _DASK_TOKEN[0] = token
-    return [function(job) for job in chunk]
+    return [_run_installed(function, job) for job in chunk]
 
 
 @contextlib.contextmanager
@@ -135,7 +169,7 @@ def dask_session(scheduler, workers: int | None = None) -> Iterator:
             cluster.close()
 
 
-def _map_dask(function, jobs, scheduler, workers, progress, desc, unit, initializer, initargs,
+def _map_dask(function, jobs, scheduler, workers, progress, desc, unit, context, setup,
               chunksize) -> list:
     """Outcomes of ``function`` over ``jobs`` on a Dask cluster, in job order."""
     from dask.distributed import as_completed
@@ -145,8 +179,8 @@ def _map_dask(function, jobs, scheduler, workers, progress, desc, unit, initiali
     with dask_session(scheduler, workers) as client:
         bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress)
         try:
-            setup = client.scatter((uuid.uuid4().hex, initializer, initargs), broadcast=True)
-            futures = client.map(_run_chunk, chunks, function=function, setup=setup,
+            shared = client.scatter((uuid.uuid4().hex, context, setup), broadcast=True)
+            futures = client.map(_run_chunk, chunks, function=function, shared=shared,
                                  pure=False)
             index = {future.key: position for position, future in enumerate(futures)}
             for future in as_completed(futures):

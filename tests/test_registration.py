@@ -101,7 +101,7 @@ def test_left_and_right_never_swap(registered):
     assert (qc.loc[right, "region"] // 10 != 2).all()
     assert (qc.loc[~right, "region"] // 10 != 1).all()
     for nodule, patch in registered.patches():
-        x_mm = patch.grid["origin_mm"][0] + patch.grid["spacing_mm"] * (
+        x_mm = patch.grid.origin_mm[0] + patch.grid.spacing_mm * (
             patch.start_zyx[2] + np.nonzero(patch.mask.any(axis=(0, 1)))[0])
         side = qc.set_index("nodule").loc[nodule, "side"]
         assert (x_mm < 0).all() if side == "R" else (x_mm > 0).all()
@@ -199,11 +199,11 @@ def test_resume_after_interruption_gives_identical_results(cohort, atlas, tmp_pa
     original = cohort_module._register_one
     calls = []
 
-    def dies_after_five(job):
+    def dies_after_five(context, job):
         if len(calls) == 5:
             raise KeyboardInterrupt
-        calls.append(job["nodule"])
-        return original(job)
+        calls.append(job.nodule)
+        return original(context, job)
 
     monkeypatch.setattr(cohort_module, "_register_one", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
@@ -236,7 +236,7 @@ def test_patches_round_trip_and_know_their_grid(registered, atlas):
     pd.testing.assert_frame_equal(reloaded.qc, registered.qc, check_dtype=False)
     nodule = registered.qc["nodule"].iloc[0]
     patch = load_patch(registered.out_dir / "patches" / f"{nodule}.npz")
-    assert patch.grid["shape_zyx"] == list(atlas.labels.shape)
+    assert patch.grid == atlas.grid
     assert patch.heatmap is None and patch.mask.any()
     dense = patch.to_dense()
     assert dense.sum() == patch.mask.sum()

@@ -42,7 +42,7 @@ from ..io import (
     write_json,
 )
 from ..manifest import NUMERIC_RANGES, VIEWS
-from ..parallel import map_cases
+from ..parallel import Failure, map_cases
 from .deform import PatientDeformation
 from .nodules import Nodule, report_text, sample_nodules, tirads_level, tirads_points
 from .risk import RiskSpec
@@ -73,6 +73,27 @@ class _Settings:
     spacing_range_mm: tuple[float, float]
     max_nodules: int
     render: bool
+
+
+@dataclass(frozen=True, eq=False)
+class _Context:
+    """What every patient's worker shares: the atlas, the risk spec, the settings, the output
+    folder (None: truth only) and each lobe's voxel centres (atlas mm, shape (n, 3)), where
+    nodules are drawn."""
+
+    atlas: Atlas
+    spec: RiskSpec
+    settings: _Settings
+    out_dir: Path | None
+    lobe_points: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _PatientJob:
+    """One patient to draw (and render): its id and its own random stream."""
+
+    patient_id: str
+    stream: np.random.SeedSequence
 
 
 @dataclass
@@ -147,8 +168,9 @@ def make_phantom(out_dir: str | Path, n_patients: int, seed: int = 0,
     # _check_spacing_range refused anything but a (low, high) pair.
     spacing_range = cast("tuple[float, float]", tuple(spacing_range_mm))
     settings = _Settings(image_size_px, spacing_range, max_nodules, render=True)
-    results, failed = _run_patients(n_patients, seed, atlas, risk_spec, settings, out_dir,
-                                    workers, progress)
+    results, failures = _run_patients(n_patients, seed, atlas, risk_spec, settings, out_dir,
+                                      workers, progress)
+    failed = [(failure.id, failure.reason) for failure in failures]
     manifest = pd.DataFrame([row for r in results for row in r["manifest"]],
                             columns=MANIFEST_COLUMNS)
     truth = pd.DataFrame([row for r in results for row in r["truth"]])
@@ -186,9 +208,14 @@ def _run_patients(n_patients, seed, atlas, spec, settings, out_dir, workers, pro
     """Run every patient (in worker processes unless ``workers == 1``), in patient order."""
     streams = np.random.SeedSequence(seed).spawn(n_patients)
     width = max(5, len(str(n_patients)))
-    jobs = [(f"P{i + 1:0{width}d}", streams[i]) for i in range(n_patients)]
+    jobs = [_PatientJob(f"P{i + 1:0{width}d}", streams[i]) for i in range(n_patients)]
+    lobe_points = {}
+    for side in ("R", "L"):
+        k, j, i = np.nonzero(atlas.lobe_mask(side))
+        lobe_points[side] = atlas.voxel_to_world(np.stack([i, j, k], axis=1))
     return map_cases(_patient_job, jobs, workers, progress, desc="phantom", unit="patient",
-                     initializer=_init_worker, initargs=(atlas, spec, settings, out_dir))
+                     context=_Context(atlas, spec, settings, out_dir, lobe_points),
+                     setup=_one_thread)
 
 
 def _check_cohort(n_patients: int, seed: int, max_nodules: int, workers: int | None) -> None:
@@ -233,47 +260,38 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
 
 
-_WORKER: dict = {}
-
-
-def _init_worker(atlas: Atlas, spec: RiskSpec, settings: _Settings, out_dir: Path | None
-                 ) -> None:
+def _one_thread() -> None:
     # Parallelism is across patients; threaded BLAS inside each worker only oversubscribes.
     threadpool_limits(1)
-    lobe_points = {}
-    for side in ("R", "L"):
-        k, j, i = np.nonzero(atlas.lobe_mask(side))
-        lobe_points[side] = atlas.voxel_to_world(np.stack([i, j, k], axis=1))
-    _WORKER.update(atlas=atlas, spec=spec, settings=settings, out_dir=out_dir,
-                   lobe_points=lobe_points)
 
 
-def _patient_job(job: tuple[str, np.random.SeedSequence]) -> tuple[str, dict | str]:
-    patient_id, stream = job
+def _patient_job(context: _Context, job: _PatientJob) -> dict | Failure:
+    patient_id = job.patient_id
     try:
-        patient = _sample_patient(patient_id, stream)
+        patient = _sample_patient(context, patient_id, job.stream)
         result: dict[str, Any] = {"patient_id": patient_id, "truth": _truth_rows(patient)}
-        if _WORKER["settings"].render:
-            result["manifest"] = _render_patient(patient)
+        if context.settings.render:
+            result["manifest"] = _render_patient(context, patient)
             result["patient"] = {
                 "age": patient.age, "sex": patient.sex, "skin_y_mm": patient.skin_y_mm,
                 "deformation": patient.deformation.as_dict(),
                 "images": {case_id: plane.as_dict() for case_id, plane in patient.planes.items()},
             }
-        return patient_id, result
+        return result
     except Exception as exc:  # one broken patient is reported and the cohort goes on
-        return patient_id, f"{type(exc).__name__}: {exc}"
+        return Failure(patient_id, f"{type(exc).__name__}: {exc}")
 
 
-def _sample_patient(patient_id: str, stream: np.random.SeedSequence) -> _Patient:
-    atlas, spec, settings = _WORKER["atlas"], _WORKER["spec"], _WORKER["settings"]
+def _sample_patient(context: _Context, patient_id: str, stream: np.random.SeedSequence
+                    ) -> _Patient:
+    atlas, spec, settings = context.atlas, context.spec, context.settings
     anatomy_stream, image_stream = stream.spawn(2)
     rng = np.random.default_rng(anatomy_stream)
     centres = {lobe: np.asarray(atlas.lobe_axes[lobe]["centre_mm"]) for lobe in (1, 2)}
     deformation = PatientDeformation.random(rng, centres)
     age = int(np.clip(np.round(rng.normal(45, 13)), 18, 85))
     sex = "F" if rng.random() < 0.75 else "M"
-    nodules = sample_nodules(rng, atlas, deformation, _WORKER["lobe_points"],
+    nodules = sample_nodules(rng, atlas, deformation, context.lobe_points,
                              settings.max_nodules)
     covariates = [_covariates(n, age, sex) for n in nodules]
     risk = spec.probability(pd.DataFrame(covariates))
@@ -316,9 +334,10 @@ def _truth_rows(patient: _Patient) -> list[dict]:
     return rows
 
 
-def _render_patient(patient: _Patient) -> list[dict]:
+def _render_patient(context: _Context, patient: _Patient) -> list[dict]:
     """Render (or, on resume, reuse) every image of a patient; return its manifest rows."""
-    atlas, out_dir = _WORKER["atlas"], _WORKER["out_dir"]
+    atlas, out_dir = context.atlas, context.out_dir
+    assert out_dir is not None  # rendering writes images: make_phantom always has a folder
     streams = iter(patient.image_streams)
     rows = []
     for nodule, label in zip(patient.nodules, patient.labels, strict=True):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,9 @@ from skimage.measure import regionprops
 
 from .._version import __version__
 from ..annotations import BOX_NOTE, nodule_box, read_nodule_mask
-from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, grid_signature, part_name
+from ..atlas import REGION_NAMES, THIRD_NAMES, Atlas, as_atlas, part_name
 from ..checks import check_choice, check_number, check_optional_workers
+from ..grid import Grid
 from ..io import (
     InputError,
     atomic_path,
@@ -48,7 +49,7 @@ from ..io import (
     write_npz,
 )
 from ..manifest import VIEWS, Manifest, as_manifest
-from ..parallel import map_cases
+from ..parallel import Failure, map_cases
 from ..report_location import PROVENANCE_COLUMNS
 from ..resume import Resumed, claim_folder, finished_cases
 from .fusion import NoduleRegistration, Patch, fuse_views, register_nodule
@@ -87,6 +88,64 @@ class Settings:
     min_weight: float = 0.05
     allow_coarse_location: bool = False
     heatmaps: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class _Context:
+    """What every nodule's worker shares."""
+
+    atlas: Atlas
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class _ViewFiles:
+    """One manifest row of a nodule: its files and how to read them.
+
+    ``nodule_box`` (pixels) stands in for a missing nodule mask; ``heatmap`` is the
+    ``llnm3d heatmap`` file of the row (None when registering without heatmaps) and
+    ``heatmap_digest`` the digest of the inputs it must have been computed from.
+    """
+
+    case_id: str
+    view: str
+    image: Path
+    thyroid_mask: Path | None
+    nodule_mask: Path | None
+    nodule_box: tuple[float, float, float, float] | None
+    spacing_mm: float | None
+    flip: bool
+    heatmap: Path | None
+    heatmap_digest: str | None
+
+
+@dataclass(frozen=True)
+class _NoduleJob:
+    """One nodule to register: its manifest fields, its views and where its patch goes.
+
+    ``provenance`` holds the row's :data:`~llnm3d.report_location.PROVENANCE_COLUMNS`;
+    ``digest`` is that of the job's inputs (:func:`_job_digest`), stored with the patch.
+    """
+
+    nodule: str
+    patient_id: str
+    nodule_id: str
+    side: str
+    label: int | None
+    age: float | None
+    sex: str | None
+    lobe_third: str
+    front_back: str
+    provenance: dict[str, str]
+    out_dir: Path | None
+    views: tuple[_ViewFiles, ...]
+    digest: str = ""
+
+    def qc_fields(self) -> dict:
+        """The job's values of QC columns."""
+        return {"nodule": self.nodule, "patient_id": self.patient_id,
+                "nodule_id": self.nodule_id, "side": self.side, "label": self.label,
+                "age": self.age, "sex": self.sex}
 
 
 @dataclass
@@ -129,7 +188,8 @@ def save_patch(path: Path, patch: Patch, qc_row: dict, input_digest: str = "") -
     (if any), the atlas grid (``grid`` JSON), the QC row (``qc`` JSON) and the digest of the
     inputs it was computed from (``input_digest``, for resuming)."""
     arrays = {"start_zyx": patch.start_zyx, "mask": patch.mask,
-              "grid": to_json(patch.grid), "qc": to_json(qc_row), "input_digest": input_digest}
+              "grid": to_json(patch.grid.signature()), "qc": to_json(qc_row),
+              "input_digest": input_digest}
     if patch.heatmap is not None:
         arrays["heatmap"] = patch.heatmap
     write_npz(path, **arrays)
@@ -140,7 +200,7 @@ def load_patch(path: str | Path) -> Patch:
     with np.load(path) as data:
         return Patch(data["start_zyx"].astype(np.int64), data["mask"].astype(bool),
                      data["heatmap"] if "heatmap" in data.files else None,
-                     json.loads(str(data["grid"])))
+                     Grid.from_signature(json.loads(str(data["grid"]))))
 
 
 def _patch_qc(path: Path) -> dict:
@@ -172,33 +232,29 @@ def _typed_qc(qc: pd.DataFrame) -> pd.DataFrame:
 
 # -- per-nodule work ---------------------------------------------------------------------------
 
-_WORKER: dict = {}
-
-
-def _init_worker(atlas: Atlas, settings: Settings) -> None:
+def _one_itk_thread() -> None:
     # Nodules run in parallel; one ITK thread each keeps results independent of the machine.
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
-    _WORKER.update(atlas=atlas, settings=settings)
 
 
 def _truthy(value) -> bool:
     return str(value).strip().lower() in _TRUE
 
 
-def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
+def _read_view(view: _ViewFiles) -> ViewImage:
     """Load and check one view's masks (and heatmap), flipped into the layout of
     docs/conventions.md."""
-    case_id = view["case_id"]
+    case_id, heatmap_path = view.case_id, view.heatmap
     try:
-        with Image.open(view["image"]) as image:
+        with Image.open(view.image) as image:
             shape = (image.height, image.width)
     except (OSError, SyntaxError) as exc:
         raise CaseError(f"{case_id}: cannot read image ({exc})") from None
     masks: dict[str, np.ndarray] = {}
     for column in ("thyroid_mask", "nodule_mask"):
         try:
-            mask = (read_mask(view[column]) if column == "thyroid_mask"
-                    else read_nodule_mask(view[column], view["nodule_box"], shape))
+            mask = (read_mask(view.thyroid_mask) if column == "thyroid_mask"
+                    else read_nodule_mask(view.nodule_mask, view.nodule_box, shape))
         except (OSError, SyntaxError) as exc:
             raise CaseError(f"{case_id}: cannot read {column} ({exc})") from None
         # _register_one reads views only with a thyroid mask and a nodule mask or box.
@@ -207,7 +263,8 @@ def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
             raise CaseError(f"{case_id}: {column} is {mask.shape[1]}x{mask.shape[0]} pixels "
                             f"but the image is {shape[1]}x{shape[0]}")
         if not mask.any():
-            what = column if view[column] is not None else "the ellipse of its nodule box"
+            what = (column if getattr(view, column) is not None
+                    else "the ellipse of its nodule box")
             raise CaseError(f"{case_id}: {what} is empty")
         masks[column] = mask
     thyroid, nodule = masks["thyroid_mask"], masks["nodule_mask"]
@@ -224,7 +281,7 @@ def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
             heatmap = data["heatmap"].astype(np.float32)
             stored = str(data["input_digest"]) if "input_digest" in data.files else None
         # Heatmaps from `llnm3d heatmap` record their inputs; others cannot be checked.
-        if stored is not None and stored != view["heatmap_digest"]:
+        if stored is not None and stored != view.heatmap_digest:
             raise CaseError(f"{case_id}: its heatmap is stale (the image, masks or model "
                             "fields of this row changed since `llnm3d heatmap`); run "
                             "`llnm3d heatmap` on this manifest again")
@@ -233,55 +290,54 @@ def _read_view(view: dict, heatmap_path: Path | None) -> ViewImage:
                             f"the image is {shape[1]}x{shape[0]}")
         if not np.isfinite(heatmap).all():
             raise CaseError(f"{case_id}: heatmap has NaN or infinite values")
-    if view["flip"]:
+    if view.flip:
         thyroid, nodule = thyroid[:, ::-1], nodule[:, ::-1]
         heatmap = None if heatmap is None else heatmap[:, ::-1]
-    return ViewImage(case_id, view["view"], np.ascontiguousarray(thyroid),
+    return ViewImage(case_id, view.view, np.ascontiguousarray(thyroid),
                      np.ascontiguousarray(nodule),
                      None if heatmap is None else np.ascontiguousarray(heatmap),
-                     view["spacing_mm"])
+                     view.spacing_mm)
 
 
-def _nodule_job(job: dict) -> tuple[str, dict | str]:
-    """Register one nodule; returns (key, {"qc": row, "patch": Patch}) or (key, reason)."""
-    key = job["nodule"]
+def _nodule_job(context: _Context, job: _NoduleJob) -> dict | Failure:
+    """Register one nodule; returns {"qc": row, "patch": Patch} (no patch when it was saved
+    to the job's folder) or its Failure."""
     try:
-        return key, _register_one(job)
+        return _register_one(context, job)
     except (CaseError, RegistrationError) as exc:
-        return key, str(exc)
+        return Failure(job.nodule, str(exc))
     except Exception as exc:  # one broken nodule is reported and the cohort goes on
-        return key, f"{type(exc).__name__}: {exc}"
+        return Failure(job.nodule, f"{type(exc).__name__}: {exc}")
 
 
-def _register_one(job: dict) -> dict:
-    atlas, settings = _WORKER["atlas"], _WORKER["settings"]
-    out_dir = job["out_dir"]
+def _register_one(context: _Context, job: _NoduleJob) -> dict:
+    atlas, settings = context.atlas, context.settings
+    out_dir = job.out_dir
     warnings = []
-    missing_mask = [v["case_id"] for v in job["views"] if v["thyroid_mask"] is None]
-    coarse = bool(missing_mask) or any(v["nodule_mask"] is None and v["nodule_box"] is None
-                                       for v in job["views"])
+    missing_mask = [v.case_id for v in job.views if v.thyroid_mask is None]
+    coarse = bool(missing_mask) or any(v.nodule_mask is None and v.nodule_box is None
+                                       for v in job.views)
     if coarse:
         patch, row = _coarse_location(job, atlas, settings, missing_mask)
         warnings.append(row.pop("reason"))
     else:
-        images = {v["view"]: _read_view(v, v["heatmap"]) for v in job["views"]}
-        nodule = register_nodule(images, atlas, job["side"], transform=settings.transform)
-        patch = fuse_views(images, nodule, atlas, job["side"], settings.min_weight)
+        images = {v.view: _read_view(v) for v in job.views}
+        nodule = register_nodule(images, atlas, job.side, transform=settings.transform)
+        patch = fuse_views(images, nodule, atlas, job.side, settings.min_weight)
         row = _registration_qc(images, nodule, warnings)
-        boxed = [v["case_id"] for v in job["views"] if v["nodule_mask"] is None]
+        boxed = [v.case_id for v in job.views if v.nodule_mask is None]
         if boxed:
             warnings.append(f"{', '.join(boxed)}: {BOX_NOTE}")
     warnings.extend(_report_warnings(job, coarse))
     row.update(_location_qc(patch, row, atlas, warnings))
-    row.update({k: job[k] for k in ("nodule", "patient_id", "nodule_id", "side", "label",
-                                    "age", "sex")})
+    row.update(job.qc_fields())
     row["probability"] = _mean_probability(job)
     row["status"] = "warning" if warnings else "ok"
     row["reason"] = "; ".join(warnings)
     row = {column: row.get(column) for column in QC_COLUMNS}
     if out_dir is not None:
-        save_patch(out_dir / "patches" / f"{file_stem(job['nodule'])}.npz", patch, row,
-                   job["digest"])
+        save_patch(out_dir / "patches" / f"{file_stem(job.nodule)}.npz", patch, row,
+                   job.digest)
         return {"qc": row}
     return {"qc": row, "patch": patch}
 
@@ -321,20 +377,20 @@ def _registration_qc(images: dict[str, ViewImage], nodule: NoduleRegistration,
     return row
 
 
-def _report_warnings(job: dict, coarse: bool) -> list[str]:
+def _report_warnings(job: _NoduleJob, coarse: bool) -> list[str]:
     """What a nodule's location owes to its report (:mod:`llnm3d.report_location`): a side
     read from it, and a report that contradicts the manifest (whose value was kept). The lobe
     third and front/back matter, and are reported, only for a coarse location."""
     used = ("side", "lobe_third", "front_back") if coarse else ("side",)
-    derived = [c for c in job["location_from_report"].split(",") if c in used]
-    conflicts = [c for c in job["location_conflicts"].split(",") if c in used]
-    evidence = job["location_evidence"]
+    derived = [c for c in job.provenance["location_from_report"].split(",") if c in used]
+    conflicts = [c for c in job.provenance["location_conflicts"].split(",") if c in used]
+    evidence = job.provenance["location_evidence"]
     warnings = []
     if derived:
-        values = ", ".join(f"{c} {job[c]}" for c in derived)
+        values = ", ".join(f"{c} {getattr(job, c)}" for c in derived)
         warnings.append(f"location from the report ({values}: {evidence!r})")
     if conflicts:
-        values = ", ".join(f"{c} {job[c]}" for c in conflicts)
+        values = ", ".join(f"{c} {getattr(job, c)}" for c in conflicts)
         warnings.append(f"the report ({evidence!r}) contradicts the manifest's {values}, "
                         "which was kept")
     return warnings
@@ -360,13 +416,13 @@ def _location_qc(patch: Patch, row: dict, atlas: Atlas, warnings: list[str]) -> 
             "patch_voxels": int(patch.mask.size)}
 
 
-def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[str]
+def _coarse_location(job: _NoduleJob, atlas: Atlas, settings: Settings, missing: list[str]
                      ) -> tuple[Patch, dict]:
     """A nodule without masks, placed by its lobe third and front/back half (from the manifest
     or its report)."""
-    cases = ", ".join(missing) or ", ".join(v["case_id"] for v in job["views"])
+    cases = ", ".join(missing) or ", ".join(v.case_id for v in job.views)
     what = "thyroid mask" if missing else "nodule mask"
-    third, depth = job.get("lobe_third", ""), job.get("front_back", "")
+    third, depth = job.lobe_third, job.front_back
     if not settings.allow_coarse_location:
         raise CaseError(f"{cases}: no {what}, so the view cannot be registered (give lobe_third "
                         "and front_back in the manifest or its report, and allow a coarse "
@@ -376,9 +432,9 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
         raise CaseError(f"{cases}: no {what}, and no usable coarse location (lobe_third "
                         f"{third!r} must be upper/middle/lower, front_back {depth!r} "
                         "front/back)")
-    part = part_name(job["side"])
+    part = part_name(job.side)
     region = atlas.labels == 10 * part + thirds[third]
-    y_mm = atlas.origin_mm[1] + atlas.spacing_mm * np.arange(atlas.labels.shape[1])
+    y_mm = atlas.grid.axes_mm()[1]
     centre_y = atlas.lobe_axes[part]["centre_mm"][1]
     front = (y_mm < centre_y) if _DEPTH[depth] == "front" else (y_mm >= centre_y)
     region &= front[None, :, None]
@@ -387,7 +443,7 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
     mask = np.ascontiguousarray(region[box])
     patch = Patch(np.array([k.min(), j.min(), i.min()], np.int64), mask,
                   mask.astype(np.float16) if settings.heatmaps else None,
-                  grid_signature(atlas))
+                  atlas.grid)
     centre = atlas.voxel_to_world(np.stack([i, j, k], 1).mean(axis=0))[0]
     row = {"views": "coarse", "rounds": 0, "converged": 1, "depth_gap_mm": 0.0,
            "pixel_spacing_assumed": 0,
@@ -397,10 +453,10 @@ def _coarse_location(job: dict, atlas: Atlas, settings: Settings, missing: list[
     return patch, row
 
 
-def _mean_probability(job: dict) -> float | None:
+def _mean_probability(job: _NoduleJob) -> float | None:
     values = []
-    for view in job["views"]:
-        path = view["heatmap"]
+    for view in job.views:
+        path = view.heatmap
         if path is not None and path.is_file():
             with np.load(path) as data:
                 values.append(float(data["probability"]))
@@ -437,18 +493,18 @@ def nodule_key(patient_id: str, nodule_id: str) -> str:
     return f"{patient_id}-N{nodule_id}"
 
 
-def _job_digest(job: dict) -> str:
+def _job_digest(job: _NoduleJob) -> str:
     """Digest of what a nodule's patch is computed from: its manifest fields, the bytes of
     its images, masks and heatmaps, and the llnm3d version."""
-    fields = {k: job[k] for k in ("patient_id", "nodule_id", "side", "label", "age", "sex",
-                                  "lobe_third", "front_back", *PROVENANCE_COLUMNS)}
-    views = [{"case_id": v["case_id"], "view": v["view"], "spacing_mm": v["spacing_mm"],
-              "flip": v["flip"],
+    fields = {**{k: getattr(job, k) for k in ("patient_id", "nodule_id", "side", "label", "age",
+                                              "sex", "lobe_third", "front_back")},
+              **job.provenance}
+    views = [{"case_id": v.case_id, "view": v.view, "spacing_mm": v.spacing_mm, "flip": v.flip,
               # Only where a box makes the mask: other nodules' digests stay as they were.
-              **({"nodule_box": v["nodule_box"]} if v["nodule_box"] is not None else {}),
-              **{column: file_digest(v[column])
+              **({"nodule_box": v.nodule_box} if v.nodule_box is not None else {}),
+              **{column: file_digest(getattr(v, column))
                  for column in ("image", "thyroid_mask", "nodule_mask", "heatmap")}}
-             for v in job["views"]]
+             for v in job.views]
     return digest({"fields": fields, "views": views, "llnm3d": __version__})
 
 
@@ -470,7 +526,7 @@ def _key_collisions(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
 
 
 def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | None
-                 ) -> tuple[list[dict], list[dict]]:
+                 ) -> tuple[list[_NoduleJob], list[dict]]:
     """One job per nodule from the manifest rows, and the failed QC rows of nodules whose
     rows cannot be registered (a rejected row, rows that disagree, a key shared with another
     nodule)."""
@@ -486,38 +542,33 @@ def _nodule_jobs(manifest: Manifest, heatmap_dir: Path | None, out_dir: Path | N
     for (patient_id, nodule_id), rows in groups:
         first = rows.iloc[0]
         label = rows["label"].dropna() if "label" in rows else pd.Series(dtype=float)
-        job = {"nodule": nodule_key(patient_id, nodule_id), "patient_id": str(patient_id),
-               "nodule_id": str(nodule_id), "side": first["side"],
-               "label": int(label.iloc[0]) if len(label) else None,
-               "age": _number(first.get("age")), "sex": first.get("sex") or None,
-               "lobe_third": str(first.get("lobe_third", "")).strip().lower(),
-               "front_back": str(first.get("front_back", "")).strip().lower(),
-               **{k: first.get(k) if isinstance(first.get(k), str) else ""
-                  for k in PROVENANCE_COLUMNS},
-               "out_dir": out_dir, "views": []}
+        views = []
         for _, row in rows.iterrows():
-            job["views"].append({
-                "case_id": row["case_id"], "view": row["view"],
-                "image": manifest.path(row, "image"),
-                "thyroid_mask": manifest.path(row, "thyroid_mask"),
-                "nodule_mask": manifest.path(row, "nodule_mask"),
+            image = manifest.path(row, "image")
+            assert image is not None  # a manifest rejects rows without an image
+            views.append(_ViewFiles(
+                row["case_id"], row["view"], image, manifest.path(row, "thyroid_mask"),
+                manifest.path(row, "nodule_mask"),
                 # A row's mask file wins over its box.
-                "nodule_box": (nodule_box(row) if manifest.path(row, "nodule_mask") is None
-                               else None),
-                "spacing_mm": _number(row.get("pixel_spacing_mm")),
-                "flip": _truthy(row.get("flip_horizontal", "")),
-                "heatmap": (heatmap_dir / "heatmaps" / f"{file_stem(row['case_id'])}.npz"
-                            if heatmap_dir is not None else None),
-                "heatmap_digest": (manifest.model_input_digest(row)
-                                   if heatmap_dir is not None else None),
-            })
+                nodule_box(row) if manifest.path(row, "nodule_mask") is None else None,
+                _number(row.get("pixel_spacing_mm")), _truthy(row.get("flip_horizontal", "")),
+                (heatmap_dir / "heatmaps" / f"{file_stem(row['case_id'])}.npz"
+                 if heatmap_dir is not None else None),
+                manifest.model_input_digest(row) if heatmap_dir is not None else None))
+        job = _NoduleJob(
+            nodule_key(patient_id, nodule_id), str(patient_id), str(nodule_id), first["side"],
+            int(label.iloc[0]) if len(label) else None, _number(first.get("age")),
+            first.get("sex") or None, str(first.get("lobe_third", "")).strip().lower(),
+            str(first.get("front_back", "")).strip().lower(),
+            {k: first.get(k) if isinstance(first.get(k), str) else ""
+             for k in PROVENANCE_COLUMNS},
+            out_dir, tuple(views))
         problem = (collisions.get((patient_id, nodule_id))
                    or rejected.pop((patient_id, nodule_id), None) or _nodule_problem(rows))
         if problem:
-            failed.append(_failed_row(job, problem))
+            failed.append(_failed_row(job.qc_fields(), problem, _view_names(job)))
         else:
-            job["digest"] = _job_digest(job)
-            jobs.append(job)
+            jobs.append(replace(job, digest=_job_digest(job)))
     for (patient_id, nodule_id), problem in rejected.items():
         failed.append(_failed_row({"nodule": nodule_key(patient_id, nodule_id),
                                    "patient_id": patient_id, "nodule_id": nodule_id},
@@ -586,37 +637,39 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
         out_dir = ensure_writable_dir(out_dir)
         resumed.temporaries_removed = claim_folder(
             out_dir, "register.json", FORMAT,
-            {**asdict(settings), "atlas": grid_signature(atlas),
+            {**asdict(settings), "atlas": atlas.grid.signature(),
              "atlas_metadata": atlas.metadata}, "register")
     jobs, failed_rows = _nodule_jobs(manifest, heatmap_dir, out_dir)
     done: dict[str, dict] = {}
     if out_dir is not None:
-        paths = {job["nodule"]: out_dir / "patches" / f"{file_stem(job['nodule'])}.npz"
+        paths = {job.nodule: out_dir / "patches" / f"{file_stem(job.nodule)}.npz"
                  for job in jobs}
-        finished, found = finished_cases(paths, {job["nodule"]: job["digest"] for job in jobs})
+        finished, found = finished_cases(paths, {job.nodule: job.digest for job in jobs})
         found.temporaries_removed = resumed.temporaries_removed
         resumed = found
         done = {key: _patch_qc(paths[key]) for key in finished}
         # A stale patch must not outlive a redo that now fails.
         for key in resumed.changed + resumed.unreadable:
             paths[key].unlink(missing_ok=True)
-    todo = [job for job in jobs if job["nodule"] not in done]
+    todo = [job for job in jobs if job.nodule not in done]
     results, run_failures = map_cases(_nodule_job, todo, workers, progress, desc="register",
-                                      unit="nodule", initializer=_init_worker,
-                                      initargs=(atlas, settings), chunksize=4,
-                                      scheduler=scheduler)
-    outcomes = {r["qc"]["nodule"]: r for r in results} | dict(run_failures)
+                                      unit="nodule", context=_Context(atlas, settings),
+                                      setup=_one_itk_thread, chunksize=4, scheduler=scheduler)
+    outcomes = ({r["qc"]["nodule"]: r for r in results}
+                | {failure.id: failure for failure in run_failures})
     rows, patches = [], {}
     for job in jobs:
-        key = job["nodule"]
+        key = job.nodule
         if key in done:
             rows.append(done[key])
-        elif isinstance(outcomes[key], str):
-            rows.append(_failed_row(job, outcomes[key]))
+            continue
+        outcome = outcomes[key]
+        if isinstance(outcome, Failure):
+            rows.append(_failed_row(job.qc_fields(), outcome.reason, _view_names(job)))
         else:
-            rows.append(outcomes[key]["qc"])
-            if "patch" in outcomes[key]:
-                patches[key] = outcomes[key]["patch"]
+            rows.append(outcome["qc"])
+            if "patch" in outcome:
+                patches[key] = outcome["patch"]
     rows += failed_rows
     failures = [(row["nodule"], row["reason"]) for row in rows if row["status"] == "failed"]
     qc = _typed_qc(pd.DataFrame(rows, columns=QC_COLUMNS))
@@ -631,8 +684,12 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
     return Registered(qc, out_dir, failures, patches, resumed)
 
 
-def _failed_row(job: dict, reason: str) -> dict:
-    row = {column: job.get(column) for column in QC_COLUMNS}
-    row.update(status="failed", reason=reason,
-               views="+".join(v["view"] for v in job.get("views", [])))
+def _failed_row(fields: dict, reason: str, views: str = "") -> dict:
+    """The QC row of a nodule that failed: its QC ``fields``, the reason and its ``views``."""
+    row = {column: fields.get(column) for column in QC_COLUMNS}
+    row.update(status="failed", reason=reason, views=views)
     return row
+
+
+def _view_names(job: _NoduleJob) -> str:
+    return "+".join(v.view for v in job.views)

@@ -32,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ..atlas import Atlas, grid_signature, part_name
+from ..atlas import Atlas, part_name
 from ..checks import check_number
+from ..grid import Grid
 from .views import RegistrationError, ViewImage, ViewRegistration, register_view
 
 _AXIS = {"transverse": 2, "longitudinal": 0}  # atlas axis (x, y, z order) a view's level fixes
@@ -60,14 +61,14 @@ class Patch:
     heatmap : ndarray of float16, shape (nz, ny, nx), or None
         Fused saliency 0..1 (None when registered without heatmaps). Half precision (3
         significant digits) is ample for a weight and halves the size of a patch on disk.
-    grid : dict
-        The atlas grid the box indexes: ``shape_zyx``, ``origin_mm``, ``spacing_mm``.
+    grid : Grid
+        The atlas grid the box indexes.
     """
 
     start_zyx: np.ndarray
     mask: np.ndarray
     heatmap: np.ndarray | None
-    grid: dict = field(default_factory=dict)
+    grid: Grid
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
@@ -79,7 +80,7 @@ class Patch:
 
     def to_dense(self, which: str = "mask") -> np.ndarray:
         """The patch pasted into a zero atlas-shaped volume (float32)."""
-        volume = np.zeros(self.grid["shape_zyx"], np.float32)
+        volume = np.zeros(self.grid.shape, np.float32)
         volume[self.slices] = self.mask if which == "mask" else self.heatmap
         return volume
 
@@ -181,14 +182,7 @@ def _register_near(image: ViewImage, atlas: Atlas, level_mm: float, part: int,
                          transform=transform, step_mm=step_mm)
 
 
-def _grid_axes(atlas: Atlas) -> list[np.ndarray]:
-    """Atlas mm of the voxel centres along x, y, z."""
-    nz, ny, nx = atlas.labels.shape
-    return [atlas.origin_mm[d] + atlas.spacing_mm * np.arange(n)
-            for d, n in enumerate((nx, ny, nz))]
-
-
-def _back_project(image: ViewImage, registration: ViewRegistration, axes: list[np.ndarray],
+def _back_project(image: ViewImage, registration: ViewRegistration, axes: tuple[np.ndarray, ...],
                   values: np.ndarray, shift_y_mm: float = 0.0) -> np.ndarray:
     """Sample an image-grid array at every (x, y) (transverse) or (z, y) (longitudinal) of the
     atlas grid: shape (ny, nx) or (nz, ny); zero outside the field of view. The view's map is
@@ -207,7 +201,8 @@ def _back_project(image: ViewImage, registration: ViewRegistration, axes: list[n
     return sampled.reshape(a.shape)
 
 
-def _prior_profile(atlas: Atlas, part: int, axis: int, axes: list[np.ndarray]) -> np.ndarray:
+def _prior_profile(atlas: Atlas, part: int, axis: int, axes: tuple[np.ndarray, ...]
+                   ) -> np.ndarray:
     """Gaussian prior along atlas ``axis`` (0 x, 2 z) centred on the lobe, sigma a quarter of
     the lobe's extent."""
     bounds = atlas.lobe_bounds_mm(part)
@@ -225,7 +220,7 @@ def fuse_views(images: dict[str, ViewImage], nodule: NoduleRegistration, atlas: 
     (z, y)); the 3D product is only formed on the box where both maps and the gland's
     shadows can be non-zero, so a nodule costs a few milliseconds, not a pass over the atlas.
     """
-    axes = _grid_axes(atlas)
+    axes = atlas.grid.axes_mm()
     masks, heats = {}, {}
     for view, registration in nodule.views.items():
         image = images[view]
@@ -258,7 +253,7 @@ def fuse_views(images: dict[str, ViewImage], nodule: NoduleRegistration, atlas: 
     start = np.array([b.start + c.start for b, c in zip(box, crop, strict=True)], dtype=np.int64)
     return Patch(start, np.ascontiguousarray(mask[crop]),
                  None if heatmap is None else np.ascontiguousarray(heatmap[crop]),
-                 grid_signature(atlas))
+                 atlas.grid)
 
 
 def _add_prior(images, nodule, atlas, side, axes, masks, heats) -> None:

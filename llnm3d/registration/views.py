@@ -36,6 +36,7 @@ import SimpleITK as sitk
 from scipy import ndimage, signal
 
 from ..atlas import Atlas, Section, part_name
+from ..grid import grid_step
 
 SDF_CLIP_MM = 5.0
 # Linear probes show about 4 cm; used only when a manifest gives no pixel spacing.
@@ -243,7 +244,7 @@ def _initial_transform(image_sdf: np.ndarray, image: ViewImage, section: Section
         # The nodule must land in the lobe of its side: x of each column against the midline.
         x_mm = section.origin_mm[0] + step * np.arange(inside.shape[1])
         allowed &= (np.sign(x_mm) == _SIDE_SIGN[side])[None, :]
-    allowed = ndimage.binary_dilation(allowed, iterations=max(1, int(round(2.0 / step))))
+    allowed = ndimage.binary_dilation(allowed, iterations=grid_step(2.0, step))
     centroid_mm = image.nodule_centroid_mm()
     scales = _SCALES if image.spacing_mm is not None else _SCALES_UNKNOWN_SPACING
     best: tuple[float, np.ndarray | None, np.ndarray | None] = (-np.inf, None, None)

@@ -135,7 +135,7 @@ def patch_weights(path: Path, weight: str, lookup: np.ndarray
         values = patch.heatmap.astype(np.float64)
     heat = None if patch.heatmap is None else patch.heatmap.astype(np.float64)
     k, j, i = np.nonzero(values > 0)
-    shape = patch.grid["shape_zyx"]
+    shape = patch.grid.shape
     flat = np.ravel_multi_index((k + patch.start_zyx[0], j + patch.start_zyx[1],
                                  i + patch.start_zyx[2]), shape)
     columns = lookup[flat]

@@ -38,8 +38,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._version import __version__
-from ..atlas import REGION_NAMES, Atlas, as_atlas, grid_signature
+from ..atlas import REGION_NAMES, Atlas, as_atlas
 from ..checks import check_choice, check_number, check_optional_workers, check_seed
+from ..grid import Grid
 from ..io import (
     InputError,
     atomic_paths,
@@ -55,7 +56,7 @@ from ..io import (
     write_nifti,
 )
 from ..manifest import NUMERIC_RANGES
-from ..parallel import dask_session, map_cases
+from ..parallel import Failure, dask_session, map_cases
 from ..registration import Registered, load_registered
 from ..resume import Resumed
 from .accumulate import (
@@ -197,16 +198,15 @@ class Stats:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     resumed: Resumed = field(default_factory=Resumed, repr=False)
 
+    @property
+    def grid(self) -> Grid:
+        """The atlas grid every volume is on."""
+        return Grid(next(iter(self.volumes.values())).shape, self.origin_mm, self.spacing_mm)
+
     def value_at(self, name: str, points_mm: np.ndarray) -> np.ndarray:
         """Value of map ``name`` at the voxel nearest each atlas point (mm), shape (N,); NaN
         off the grid."""
-        volume = self.volumes[name]
-        ijk = np.rint((np.atleast_2d(points_mm) - self.origin_mm) / self.spacing_mm).astype(int)
-        inside = np.all((ijk >= 0) & (ijk < np.array(volume.shape[::-1])), axis=1)
-        out = np.full(len(ijk), np.nan)
-        i, j, k = ijk[inside].T
-        out[inside] = volume[k, j, i]
-        return out
+        return self.grid.sample(self.volumes[name], points_mm)
 
     def probability_at(self, points_mm: np.ndarray) -> pd.DataFrame:
         """LLNM probability with its 95 % interval and coverage at atlas points (mm)."""
@@ -271,27 +271,50 @@ def load_stats(stats_dir: str | Path) -> Stats:
 
 # -- the pipeline ------------------------------------------------------------------------------
 
-_WORKER: dict = {}
+@dataclass(frozen=True, eq=False)
+class _PatchReading:
+    """What reading a patch onto the analysis domain needs (shared by every block).
+
+    Attributes
+    ----------
+    weight : {"mask", "heatmap"}
+    lookup : ndarray of int64, shape (atlas voxels,)
+        Domain index of each atlas voxel, -1 outside (:func:`.accumulate.domain_lookup`).
+    n_domain : int
+        Voxels in the domain.
+    position : ndarray of int64, shape (n_domain,), or None
+        For :func:`weight_matrix`: the row of each domain voxel in the matrix, -1 where not
+        tested.
+    """
+
+    weight: str
+    lookup: np.ndarray
+    n_domain: int
+    position: np.ndarray | None = None
 
 
-def _init_worker(weight: str, lookup: np.ndarray, n_domain: int) -> None:
-    _WORKER.update(weight=weight, lookup=lookup, n_domain=n_domain)
+@dataclass(frozen=True)
+class _AccumulateBlock:
+    """One block of nodules to accumulate, numbered in the fixed block order."""
+
+    index: int
+    nodules: tuple[NoduleInput, ...]
 
 
-def _block_job(job: tuple[int, list[NoduleInput]]) -> tuple[str, Accumulator | str]:
-    index, nodules = job
+def _block_job(reading: _PatchReading, block: _AccumulateBlock) -> Accumulator | Failure:
     try:
-        return f"block {index}", accumulate_block(nodules, _WORKER["weight"], _WORKER["lookup"],
-                                                  _WORKER["n_domain"])
+        return accumulate_block(list(block.nodules), reading.weight, reading.lookup,
+                                reading.n_domain)
     except Exception as exc:  # reported with the block's first nodule; the run stops
-        return f"block {index} ({nodules[0].key}...)", f"{type(exc).__name__}: {exc}"
+        return Failure(f"block {block.index} ({block.nodules[0].key}...)",
+                       f"{type(exc).__name__}: {exc}")
 
 
 def _select_nodules(registered: list[Registered], weight: str, covariates: list[str],
                     atlas: Atlas) -> tuple[pd.DataFrame, dict]:
     """The QC rows of the nodules that enter the statistics, and the exclusion counts;
     ``source`` names each nodule's registration folder."""
-    signature = grid_signature(atlas)
+    signature = atlas.grid.signature()
     tables = []
     for result in registered:
         if result.out_dir is None:
@@ -399,6 +422,65 @@ class MapSettings:
         check_bin_edges(self.bins_mm)
         object.__setattr__(self, "bins_mm", tuple(self.bins_mm))  # frozen: set once, checked
 
+    @property
+    def test_covariates(self) -> list[str]:
+        """The confounds of the voxelwise tests: :attr:`covariates`, plus ``extent`` with
+        :attr:`adjust_extent`."""
+        covariates = list(self.covariates)
+        if self.adjust_extent and "extent" not in covariates:
+            # Footprint extent can track the outcome (see footprint_extent): without the
+            # lesion-volume covariate the t-test finds "effects" that are only spread.
+            covariates.append("extent")
+        return covariates
+
+
+# Arrays and tables: compared by identity (eq=False), never by value.
+@dataclass(frozen=True, eq=False)
+class _Evidence:
+    """The accumulated nodules the maps and tests of :func:`_statistics` are computed from.
+
+    Attributes
+    ----------
+    included : DataFrame
+        One row per included nodule, in the order of the footprint columns.
+    footprints : sparse matrix, shape (n_domain, n_nodules)
+        Each included nodule's footprint weight on the domain (:func:`weight_matrix`).
+    state : Accumulator
+        The voxelwise sums over the domain.
+    domain : ndarray of int, shape (n_domain,)
+        Flat atlas indices of the analysis domain.
+    tested : ndarray of int
+        Domain indices of the voxels touched by at least ``min_cases`` nodules.
+    atlas : Atlas
+    """
+
+    included: pd.DataFrame
+    footprints: sp.csr_matrix
+    state: Accumulator
+    domain: np.ndarray
+    tested: np.ndarray
+    atlas: Atlas
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where a run of :func:`aggregate` keeps its permutation blocks and what it shows.
+
+    Attributes
+    ----------
+    out_dir : Path or None
+        The output folder (None: nothing saved, permutations drawn afresh).
+    data_key : str
+        Digest of the data accumulated (:func:`_data_key`); saved permutation blocks are
+        reused only for the same key.
+    progress : bool
+        Show progress bars.
+    """
+
+    out_dir: Path | None
+    data_key: str
+    progress: bool
+
 
 def aggregate(registered, atlas: Atlas | str | Path | None = None,
               out_dir: str | Path | None = None, estimator: str = "spatial",
@@ -493,7 +575,7 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     sources = [r if isinstance(r, Registered) else load_registered(r) for r in sources]
     nodules, excluded = _select_nodules(sources, weight, covariates, atlas)
 
-    params = {"estimator": estimator, "weight": weight, "atlas": grid_signature(atlas),
+    params = {"estimator": estimator, "weight": weight, "atlas": atlas.grid.signature(),
               "min_cases": min_cases,
               "permutations": permutations, "covariates": covariates, "seed": seed,
               "prior_strength": prior_strength, "tfce": tfce, "cluster_p": cluster_p,
@@ -522,11 +604,11 @@ def aggregate(registered, atlas: Atlas | str | Path | None = None,
     with dask_session(scheduler, workers) as session:
         state = _accumulate(nodules, state, weight, lookup, len(domain), out_dir, params,
                             digests, workers, session, progress)
+        output = _Output(out_dir, _data_key(state, digests), progress)
         if out_dir is not None and permutations:
-            _claim_permutations(out_dir / "permutations", _data_key(state, digests))
+            _claim_permutations(out_dir / "permutations", output.data_key)
         stats = _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
-                            settings, tests, out_dir, progress, workers, session,
-                            _data_key(state, digests))
+                            settings, tests, output, workers, session)
     stats.resumed = resumed
     if out_dir is not None:
         stats.save(out_dir)
@@ -570,8 +652,8 @@ def _claim_permutations(folder: Path, key: str) -> None:
 
 
 def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources,
-                settings: MapSettings, tests, out_dir, progress, workers, scheduler,
-                data_key) -> Stats:
+                settings: MapSettings, tests: TestSettings, output: _Output, workers,
+                scheduler) -> Stats:
     """Maps, tests and tables of an accumulated state."""
     estimator, weight, min_cases = settings.estimator, settings.weight, settings.min_cases
     covariates, bins_mm = list(settings.covariates), list(settings.bins_mm)
@@ -588,7 +670,7 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
         volumes[f"{prefix}_probability{suffix}"] = volumes[f"probability{suffix}"]
     tested = np.flatnonzero(state.sums["n"] >= min_cases)
     footprints = weight_matrix(included, np.arange(len(domain)), lookup, len(domain), weight,
-                               progress, workers, scheduler)
+                               output.progress, workers, scheduler)
     included["footprint_voxels"] = footprints.getnnz(axis=0)
     extent, notes = footprint_extent(included, weight,
                                      settings.adjust_extent or "extent" in covariates)
@@ -613,23 +695,17 @@ def _statistics(nodules, excluded, state, domain, lookup, atlas, params, sources
         for name, values in fitted.items():
             volumes[name] = _to_volume(np.where(shown, values, np.nan), domain,
                                        atlas.labels.shape)
-    test_covariates = list(covariates)
-    if settings.adjust_extent and "extent" not in test_covariates:
-        # Footprint extent can track the outcome (see footprint_extent): without the
-        # lesion-volume covariate the t-test finds "effects" that are only spread.
-        test_covariates.append("extent")
-    test_notes, t_dof, clusters = _test_maps(volumes, state, included, domain, tested,
-                                             footprints, test_covariates, tests, out_dir,
-                                             atlas, progress)
+    evidence = _Evidence(included, footprints, state, domain, tested, atlas)
+    test_covariates = settings.test_covariates
+    test_notes, t_dof, clusters = _test_maps(volumes, evidence, test_covariates, tests, output)
     notes += test_notes
     tables = {"clusters": clusters}
     tables["nodule_model"], model_notes = nodule_model_table(included, bins_mm)
     notes += [NODULE_MODEL_NOTE + note for note in model_notes]
     contrast = None
-    if params["contrast"] is not None:
-        contrast, tables["contrast_clusters"] = _contrast_statistics(
-            volumes, included, footprints, tested, state, domain, atlas, params["contrast"],
-            covariates, test_covariates, tests, min_cases, out_dir, data_key, progress)
+    if settings.contrast is not None:
+        contrast, tables["contrast_clusters"] = _contrast_statistics(volumes, evidence,
+                                                                     settings, tests, output)
         notes += [CONTRAST_NOTE + note for note in contrast["notes"]]
     stats = Stats(volumes, atlas.origin_mm.copy(), atlas.spacing_mm,
                   region_table(included, atlas), capsule_distance_table(included, bins_mm),
@@ -767,15 +843,16 @@ def _accumulate(nodules, state, weight, lookup, n_domain, out_dir, params, diges
               for _, row in todo.iterrows()]
     blocks = [inputs[start:start + BLOCK_SIZE] for start in range(0, len(inputs), BLOCK_SIZE)]
     per_round = max(8, 2 * (workers or 2))
+    reading = _PatchReading(weight, lookup, n_domain)
     for start in range(0, len(blocks), per_round):
-        jobs = list(enumerate(blocks[start:start + per_round], start=start))
+        jobs = [_AccumulateBlock(index, tuple(block))
+                for index, block in enumerate(blocks[start:start + per_round], start=start)]
         results, failures = map_cases(_block_job, jobs, workers, progress and len(blocks) > 1,
-                                      desc="aggregate", unit="block", initializer=_init_worker,
-                                      initargs=(weight, lookup, n_domain), chunksize=1,
-                                      scheduler=scheduler)
+                                      desc="aggregate", unit="block", context=reading,
+                                      chunksize=1, scheduler=scheduler)
         if failures:
-            key, reason = failures[0]
-            raise InputError(f"cannot read the patches of {key}: {reason}")
+            raise InputError(f"cannot read the patches of {failures[0].id}: "
+                             f"{failures[0].reason}")
         for block in results:
             state.merge(block)
         if out_dir is not None:
@@ -814,28 +891,35 @@ def _descriptive_maps(state, included, domain, atlas, min_cases, prior_strength)
     return volumes
 
 
-def _matrix_block_job(job: tuple[int, int, list[str]]) -> tuple[str, tuple | str]:
+@dataclass(frozen=True)
+class _MatrixBlock:
+    """One block of patch files, numbered in block order; ``first`` is the matrix column of
+    its first patch."""
+
+    index: int
+    first: int
+    paths: tuple[str, ...]
+
+
+def _matrix_block_job(reading: _PatchReading, block: _MatrixBlock
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Failure:
     """COO pieces (rows = tested voxels, columns = nodule positions) of a block of patches."""
-    index, first, paths = job
+    position = reading.position
+    assert position is not None  # weight_matrix always sets it
     try:
-        position = _WORKER["position"]
         rows, cols, values = [], [], []
-        for offset, path in enumerate(paths):
-            columns, w, _, _ = patch_weights(Path(path), _WORKER["weight"], _WORKER["lookup"])
+        for offset, path in enumerate(block.paths):
+            columns, w, _, _ = patch_weights(Path(path), reading.weight, reading.lookup)
             keep = position[columns] >= 0
             rows.append(position[columns[keep]].astype(np.int32))
-            cols.append(np.full(keep.sum(), first + offset, np.int32))
+            cols.append(np.full(keep.sum(), block.first + offset, np.int32))
             # Weights are float16 values (or 0/1), so single precision holds them exactly and
             # halves what travels back from the workers.
             values.append(w[keep].astype(np.float32))
-        return f"block {index}", (np.concatenate(rows), np.concatenate(cols),
-                                  np.concatenate(values))
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
     except Exception as exc:  # reported with the block's first patch; the run stops
-        return f"block {index} ({paths[0]}...)", f"{type(exc).__name__}: {exc}"
-
-
-def _init_matrix_worker(weight: str, lookup: np.ndarray, position: np.ndarray) -> None:
-    _WORKER.update(weight=weight, lookup=lookup, position=position)
+        return Failure(f"block {block.index} ({block.paths[0]}...)",
+                       f"{type(exc).__name__}: {exc}")
 
 
 def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray,
@@ -846,27 +930,29 @@ def weight_matrix(included: pd.DataFrame, tested: np.ndarray, lookup: np.ndarray
     position = np.full(n_domain, -1, np.int64)
     position[tested] = np.arange(len(tested))
     paths = [str(p) for p in included["patch_path"]]
-    jobs = [(index, start, paths[start:start + BLOCK_SIZE])
+    jobs = [_MatrixBlock(index, start, tuple(paths[start:start + BLOCK_SIZE]))
             for index, start in enumerate(range(0, len(paths), BLOCK_SIZE))]
     pieces, failures = map_cases(_matrix_block_job, jobs, workers, progress and len(jobs) > 1,
                                  desc="weight matrix", unit="block",
-                                 initializer=_init_matrix_worker,
-                                 initargs=(weight, lookup, position), chunksize=1,
-                                 scheduler=scheduler)
+                                 context=_PatchReading(weight, lookup, n_domain, position),
+                                 chunksize=1, scheduler=scheduler)
     if failures:
-        key, reason = failures[0]
-        raise InputError(f"cannot read the patches of {key}: {reason}")
+        raise InputError(f"cannot read the patches of {failures[0].id}: "
+                         f"{failures[0].reason}")
     rows, cols, values = (np.concatenate(parts) for parts in zip(*pieces, strict=True))
     matrix = sp.coo_matrix((values, (rows, cols)), shape=(len(tested), len(included)))
     return matrix.tocsr()
 
 
-def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
-               tests: TestSettings, out_dir, atlas,
-               progress) -> tuple[list[str], int | None, pd.DataFrame]:
-    """Add the test maps (:mod:`.voxelwise`), each p map followed by its -log10 map; return
-    notes on what could not be tested, the t-test's degrees of freedom (None if untested) and
-    the clusters table."""
+def _test_maps(volumes: dict[str, np.ndarray], evidence: _Evidence, covariates: list[str],
+               tests: TestSettings, output: _Output
+               ) -> tuple[list[str], int | None, pd.DataFrame]:
+    """Add the test maps (:mod:`.voxelwise`) of the outcome, adjusted for ``covariates``,
+    each p map followed by its -log10 map; return notes on what could not be tested, the
+    t-test's degrees of freedom (None if untested) and the clusters table."""
+    included, state, domain, tested = (evidence.included, evidence.state, evidence.domain,
+                                       evidence.tested)
+    atlas, out_dir = evidence.atlas, output.out_dir
     shape = atlas.labels.shape
     y = included["label"].to_numpy(float)
     names = test_names(tests)
@@ -881,9 +967,9 @@ def _test_maps(volumes, state, included, domain, tested, footprints, covariates,
         return notes, None, pd.DataFrame(columns=CLUSTER_COLUMNS)
     ijk = _grid_indices(domain[tested], shape)
     maps, dof, cluster = voxelwise_tests(
-        footprints[tested], y, _covariate_matrix(included, covariates),
+        evidence.footprints[tested], y, _covariate_matrix(included, covariates),
         state.sums["n"][tested], state.sums["events"][tested], ijk, tests,
-        None if out_dir is None else out_dir / "permutations", progress)
+        None if out_dir is None else out_dir / "permutations", output.progress)
     _put_test_maps(volumes, maps, names, "", tested, domain, shape)
     return notes, dof, _cluster_table(maps, cluster, tests, atlas, domain[tested], ijk)
 
@@ -916,17 +1002,24 @@ def _cluster_table(maps, cluster, tests, atlas, flat, ijk) -> pd.DataFrame:
     return cluster_table(maps, cluster, atlas.voxel_to_world(ijk), regions, atlas.spacing_mm)
 
 
-def _contrast_statistics(volumes, included, footprints, tested, state, domain, atlas, column,
-                         covariates, test_covariates, tests, min_cases, out_dir, data_key,
-                         progress) -> tuple[dict, pd.DataFrame]:
-    """Add the group contrast's maps (:mod:`.contrast`): each level's risk and their
-    difference from the spatial model, and the outcome x group interaction test (maps
-    ``contrast_t``..., family-wise by the same permutation scheme as the outcome's test).
-    Returns the summary record and the interaction test's clusters table."""
+def _contrast_statistics(volumes: dict[str, np.ndarray], evidence: _Evidence,
+                         settings: MapSettings, tests: TestSettings, output: _Output
+                         ) -> tuple[dict, pd.DataFrame]:
+    """Add the group contrast's maps (:mod:`.contrast`) of ``settings.contrast``: each
+    level's risk and their difference from the spatial model, and the outcome x group
+    interaction test (maps ``contrast_t``..., family-wise by the same permutation scheme as
+    the outcome's test). Returns the summary record and the interaction test's clusters
+    table."""
+    included, footprints, domain, tested = (evidence.included, evidence.footprints,
+                                            evidence.domain, evidence.tested)
+    atlas, out_dir, column = evidence.atlas, output.out_dir, settings.contrast
+    assert column is not None  # called only for a contrast
+    test_covariates = settings.test_covariates
     shape = atlas.labels.shape
     fitted, record = estimate_contrast(footprints, included, column, atlas, domain,
-                                       state.sums["n"] > 0,
-                                       _covariate_matrix(included, covariates), min_cases)
+                                       evidence.state.sums["n"] > 0,
+                                       _covariate_matrix(included, list(settings.covariates)),
+                                       settings.min_cases)
     for name, values in fitted.items():
         volumes[name] = _to_volume(values, domain, shape)
     groups = contrast_groups(included, column)
@@ -944,12 +1037,12 @@ def _contrast_statistics(volumes, included, footprints, tested, state, domain, a
     if out_dir is not None and tests.permutations:
         folder = out_dir / "permutations" / "contrast"
         # Blocks are reusable only for the same data and the same groups.
-        _claim_permutations(folder, digest({"data": data_key, "column": column,
+        _claim_permutations(folder, digest({"data": output.data_key, "column": column,
                                             "nodules": included["nodule"].iloc[usable].tolist(),
                                             "groups": groups.g[usable].tolist()}))
     design = OLSDesign(footprints[tested][:, usable], tested_variate, confounds)
     ijk = _grid_indices(domain[tested], shape)
-    maps, cluster = permutation_tests(design, ijk, tests, folder, progress)
+    maps, cluster = permutation_tests(design, ijk, tests, folder, output.progress)
     _put_test_maps(volumes, maps, names, INTERACTION_PREFIX, tested, domain, shape)
     record["interaction_test"] = {
         "tested": "outcome x group (level B minus level A)", "nodules": int(len(usable)),
