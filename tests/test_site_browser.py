@@ -387,7 +387,8 @@ def test_empty_field_and_points_only_sites(browser, site, publishable_stats_dir,
 def field_truth(stats_dir, data):
     """The field's voxels from the stats themselves (not from the site): values of each map at
     every shown voxel, and their atlas positions (mm)."""
-    from llnm3d.export import grid_step, shown_voxels
+    from llnm3d.export import shown_voxels
+    from llnm3d.grid import grid_step
     from llnm3d.statistics import load_stats
 
     stats = load_stats(stats_dir)

@@ -23,11 +23,11 @@ from ..export import (
     export_capsule,
     export_layers,
     export_points,
-    grid_step,
     metadata,
     published_points_to_atlas,
     read_points_csv,
 )
+from ..grid import grid_step
 from ..io import InputError, ensure_writable_dir, read_json, to_json, write_text
 from ..statistics import load_stats
 from ..statistics.maps import CONTRAST_NOTE, NODULE_MODEL_NOTE
@@ -88,12 +88,12 @@ def _write_labels(atlas: Atlas, step: int, path: Path) -> dict:
     """The atlas labels on the field's grid (every ``step``-th voxel) for the slice panels:
     run-length coded as unsigned little-endian shorts (the run lengths), then the labels as
     bytes. Returns the ``slices`` entry of data.json."""
-    labels = atlas.labels[::step, ::step, ::step]
-    lengths, values = run_lengths(labels)
+    grid = atlas.grid.subsampled(step)
+    lengths, values = run_lengths(atlas.labels[::step, ::step, ::step])
     path.write_bytes(lengths.astype("<u2").tobytes() + values.astype(np.uint8).tobytes())
     return {"labels": f"assets/{path.name}", "runs": int(len(lengths)),
-            "shape_zyx": list(labels.shape), "origin_mm": [float(v) for v in atlas.origin_mm],
-            "spacing_mm": float(atlas.spacing_mm * step)}
+            "shape_zyx": list(grid.shape), "origin_mm": [float(v) for v in grid.origin_mm],
+            "spacing_mm": float(grid.spacing_mm)}
 
 
 def _field_maps(maps: dict[str, tuple[float, float]]) -> list[dict]:
