@@ -22,6 +22,9 @@ const EDGE = [95, 86, 84];
 const CROSSHAIR = '#ff4f9a';
 const LANDMARK = 'rgba(160, 205, 255, 0.9)';
 const AXIS_NAMES = ['x', 'y', 'z'];
+// The panels are small and redrawn whole on every cursor move: drawn on the CPU, they need no
+// round trip to the GPU process (which, in software WebGL, is busy with the 3D view).
+const CANVAS_2D = { willReadFrequently: true };
 
 let onCursor = () => {};
 const panels = [];
@@ -66,7 +69,7 @@ export function setupSlices(cursorChanged) {
     const image = document.createElement('canvas');
     image.width = app.labels.dims[spec.u[0]];
     image.height = app.labels.dims[spec.v[0]];
-    const panel = { spec, canvas, position, image, pixels: image.getContext('2d')
+    const panel = { spec, canvas, position, image, pixels: image.getContext('2d', CANVAS_2D)
       .createImageData(image.width, image.height) };
     panels.push(panel);
     bindPanel(panel);
@@ -206,7 +209,7 @@ function paint(panel, scale) {
       data[at + 3] = 255;
     }
   }
-  panel.image.getContext('2d').putImageData(panel.pixels, 0, 0);
+  panel.image.getContext('2d', CANVAS_2D).putImageData(panel.pixels, 0, 0);
 }
 
 // Trachea and carotids are vertical cylinders (atlas.json landmarks): circles in the
@@ -267,7 +270,7 @@ function drawPanel(panel, scale) {
     canvas.height = Math.round(height * ratio);
   }
   paint(panel, scale);
-  const ctx = canvas.getContext('2d');
+  const ctx = canvas.getContext('2d', CANVAS_2D);
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.fillStyle = `rgb(${OUTSIDE.join(',')})`;
   ctx.fillRect(0, 0, width, height);
