@@ -562,3 +562,22 @@ def test_field_draws_exactly_the_visible_shell(viewer, data, viewer_stats_dir):
     assert 0 < above.sum() < len(above)
     assert viewer.js("window.llnm3d.drawnCount()") == shell_count(positions[above], spacing)
     assert viewer.problems == []
+
+
+def test_page_stays_put_and_the_legend_marks_the_cohort_rate(viewer, data):
+    page = viewer.page
+    before = viewer.js("JSON.stringify(document.querySelector('#canvas').getBoundingClientRect())")
+    page.locator("#table-capsule-distance").scroll_into_view_if_needed()
+    page.mouse.move(200, 400)
+    page.mouse.wheel(0, 3000)
+    assert viewer.js("document.querySelector('.panel').scrollTop") > 0   # the panel scrolls
+    assert viewer.js("window.scrollY") == 0                                # the page does not
+    after = viewer.js("JSON.stringify(document.querySelector('#canvas').getBoundingClientRect())")
+    assert after == before
+    # The sequential scale marks the cohort rate at its place between the two ends.
+    low, high = data["probability_range"]
+    bar = page.locator("#legend-bar").bounding_box()
+    mark = page.locator("#legend-rate").bounding_box()
+    expected = bar["x"] + bar["width"] * (data["prevalence"] - low) / (high - low)
+    assert abs(mark["x"] - expected) < 3
+    assert f"cohort rate {data['prevalence']:.3f}" in viewer.text("#legend-note")

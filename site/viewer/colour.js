@@ -120,7 +120,7 @@ function updateLegend(scale) {
   const stops = Array.from({ length: 9 }, (_, i) => i / 8)
     .map((t) => `${cssColour(colourAt(scale.cmap, t))} ${t * 100}%`);
   $('legend-bar').style.background = `linear-gradient(to right, ${stops.join(', ')})`;
-  $('legend-title').textContent = `${spec.label} (${spec.units})`;
+  $('legend-title').textContent = spec.units ? `${spec.label} (${spec.units})` : spec.label;
   $('legend-min').textContent = fmtValue(spec, scale.lo);
   $('legend-max').textContent = fmtValue(spec, scale.hi);
   const centreName = spec.centre === 'rate' ? 'cohort rate ' : '';
@@ -128,12 +128,19 @@ function updateLegend(scale) {
     ? `${centreName}${fmtValue(spec, scale.centre)}` : fmtValue(spec, (scale.lo + scale.hi) / 2);
   const below = Math.min(Math.max(scaleT(scale, state.threshold), 0), 1);
   $('legend-below').style.width = `${100 * below}%`;
+  // The reference on a sequential scale too, so a reader sees what is above the cohort rate.
+  const centre = centreOf(spec);
+  const rateAt = centre === null ? -1 : scaleT(scale, centre);
+  $('legend-rate').hidden = scale.centre !== null || rateAt < 0 || rateAt > 1;
+  $('legend-rate').style.left = `${100 * rateAt}%`;
   const [lo, hi] = app.field.ranges[spec.id];
   const notes = scale.centre !== null
     ? [`Centred on ${centreName || 'reference '}${fmtValue(spec, scale.centre)}: blue below, `
       + `red above; the ends are as far from it as the furthest shown voxel (${fmtValue(spec, lo)}`
       + ` to ${fmtValue(spec, hi)}).`]
-    : [`Ends: the lowest and highest shown voxel (${app.data.min_cases ?? 0} or more nodules).`];
+    : [`Ends: the lowest and highest shown voxel (${app.data.min_cases ?? 0} or more nodules)`
+      + (rateAt >= 0 && rateAt <= 1 ? `; the white mark is the ${centreName || 'reference '}`
+        + `${fmtValue(spec, centre)}.` : '.')];
   if (state.threshold > lo) notes.push(`Below ${fmtValue(spec, state.threshold)} hidden (hatched).`);
   notes.push(`Voxels with fewer than ${state.coverage} nodules are not shown.`);
   $('legend-note').textContent = notes.join(' ');

@@ -8,7 +8,7 @@ import { AXES, worldToAtlas } from './util.js';
 
 // Maps every field has; the aggregation's optional ones come from data.json `maps`.
 const BUILT_IN_MAPS = [
-  { id: 'probability', label: 'LLNM probability', units: '0\u20131', centre: 'rate' },
+  { id: 'probability', label: 'LLNM probability', units: '', centre: 'rate' },
   { id: 'interval_width', label: '95 % interval width', units: 'probability' },
   { id: 'coverage', label: 'Coverage', units: 'nodules' },
 ];
