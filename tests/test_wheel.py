@@ -62,7 +62,11 @@ def test_wheel_installs_and_runs_the_bundled_model_outside_the_repository(tmp_pa
     names = set(zipfile.ZipFile(wheel).namelist())
     for view in ("transverse", "longitudinal"):
         assert {f"llnm3d/weights/{view}.safetensors", f"llnm3d/weights/{view}.json"} <= names
-    assert "llnm3d/py.typed" in names and "llnm3d/site/viewer.js" in names
+    assert "llnm3d/py.typed" in names
+    # The viewer's modules and the vendored three.js: what build-site copies into a site.
+    viewer = {Path(n).name for n in names if n.startswith("llnm3d/site/viewer/")}
+    assert viewer == {p.name for p in (ROOT / "llnm3d" / "site" / "viewer").glob("*.js")}
+    assert "llnm3d/site/vendor/three/three.bundle.min.js" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
     work = tmp_path / "elsewhere"
