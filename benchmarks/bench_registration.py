@@ -38,8 +38,8 @@ from sklearn.metrics import roc_auc_score
 
 from llnm3d import Atlas, register
 from llnm3d.annotations import BOX_COLUMNS, mask_box
-from llnm3d.heatmap import compute_heatmaps
 from llnm3d.io import file_stem
+from llnm3d.models.heatmap import compute_heatmaps
 from llnm3d.phantom import make_phantom
 from llnm3d.validation import registration_errors
 

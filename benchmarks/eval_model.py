@@ -30,12 +30,12 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from llnm3d.cases import load_cases
-from llnm3d.heatmap import MODEL_DIR, gradcam_batch, load_view_model
-from llnm3d.inputs import THYROID_CHANNELS, to_image_space
 from llnm3d.io import read_mask
 from llnm3d.manifest import read_manifest
-from llnm3d.train import predict_proba
+from llnm3d.models.cases import load_cases
+from llnm3d.models.heatmap import MODEL_DIR, gradcam_batch, load_view_model
+from llnm3d.models.inputs import THYROID_CHANNELS, to_image_space
+from llnm3d.models.train import predict_proba
 
 VIEWS = ("transverse", "longitudinal")
 

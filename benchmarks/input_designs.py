@@ -9,7 +9,7 @@ Every design (:data:`DESIGNS`) is trained with ``llnm3d train``'s defaults but f
 settings it names (resumable: a design already trained in ``--out`` is not trained again),
 then checked on cohorts never used in training:
 
-- ``--checks-cohort``: :func:`llnm3d.heatmap_checks.check_heatmaps` (layer ``fused``), its
+- ``--checks-cohort``: :func:`llnm3d.models.heatmap_checks.check_heatmaps` (layer ``fused``), its
   summary per view and check;
 - ``--auc-cohort``: AUC per view and per nodule (mean of the views' probabilities) against the
   labels and against the true planted risk (the Bayes-optimal AUC on the same nodules).
@@ -28,12 +28,12 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from llnm3d.cases import load_cases
-from llnm3d.heatmap import load_view_model
-from llnm3d.heatmap_checks import check_heatmaps
-from llnm3d.inputs import CHANNELS
 from llnm3d.manifest import read_manifest
-from llnm3d.train import TrainSettings, predict_proba, train
+from llnm3d.models.cases import load_cases
+from llnm3d.models.heatmap import load_view_model
+from llnm3d.models.heatmap_checks import check_heatmaps
+from llnm3d.models.inputs import CHANNELS
+from llnm3d.models.train import TrainSettings, predict_proba, train
 
 NO_NODULE_CHANNELS = tuple(c for c in CHANNELS if c not in ("nodule_mask", "nodule_proximity"))
 DESIGNS = {

@@ -22,11 +22,11 @@ from PIL import Image  # noqa: E402
 
 from llnm3d import Atlas  # noqa: E402
 from llnm3d.atlas import REGION_COLOURS, REGION_NAMES  # noqa: E402
-from llnm3d.heatmap import compute_heatmaps, load_heatmap, overlay  # noqa: E402
 from llnm3d.io import read_grayscale, read_mask  # noqa: E402
 from llnm3d.manifest import read_manifest  # noqa: E402
+from llnm3d.models.heatmap import compute_heatmaps, load_heatmap, overlay  # noqa: E402
+from llnm3d.models.qc import NODULE_COLOUR, contact_sheet, outline  # noqa: E402
 from llnm3d.phantom import make_phantom  # noqa: E402
-from llnm3d.qc import NODULE_COLOUR, contact_sheet, outline  # noqa: E402
 
 pv.OFF_SCREEN = True
 ROOT = Path(__file__).resolve().parents[1]

@@ -242,7 +242,7 @@ def contact_sheet(
 ) -> None:
     """Draw the first images of a manifest with thyroid (yellow) and nodule (red) outlines."""
     from .io import ensure_writable_dir
-    from .qc import contact_sheet as draw
+    from .models.qc import contact_sheet as draw
 
     with _input_errors():
         ensure_writable_dir(out.parent)
@@ -258,8 +258,8 @@ def features(
     allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Morphology features (shape, echogenicity contrast, margin, texture) per image."""
-    from .features import write_features
     from .io import ensure_writable_dir
+    from .models.features import write_features
 
     with _input_errors():
         ensure_writable_dir(out.parent)
@@ -284,7 +284,7 @@ def train(
              "sex) during training.")] = 0.15,
     channels: Annotated[str | None, typer.Option(
         help="Comma-separated channels of the location feature map the model reads "
-             "(default: the input design of llnm3d.train.TrainSettings).")] = None,
+             "(default: the input design of llnm3d.models.train.TrainSettings).")] = None,
     nodule_dropout: Annotated[float | None, typer.Option(
         help="Per-case probability of hiding the nodule-mask channels during training "
              "(default: TrainSettings').")] = None,
@@ -302,8 +302,8 @@ def train(
     allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Train LLNM-Net on one view; resumes from the checkpoint in --out."""
-    from .train import TrainSettings
-    from .train import train as run
+    from .models.train import TrainSettings
+    from .models.train import train as run
 
     with _input_errors():
         # Unset input-design options keep TrainSettings' defaults.
@@ -340,7 +340,7 @@ def heatmap(
     allow_outside: AllowOutsideOption = False,
 ) -> None:
     """LLNM probability and a GradCAM++ heatmap per image (resumable)."""
-    from .heatmap import compute_heatmaps
+    from .models.heatmap import compute_heatmaps
 
     with _input_errors():
         result = compute_heatmaps(_read_manifest(manifest, allow_outside), out,
@@ -376,7 +376,7 @@ def heatmap_check(
     allow_outside: AllowOutsideOption = False,
 ) -> None:
     """Sanity checks of the heatmaps: model-weight randomisation and altered masks."""
-    from .heatmap_checks import CHECKS, check_heatmaps
+    from .models.heatmap_checks import CHECKS, check_heatmaps
 
     with _input_errors():
         result = check_heatmaps(

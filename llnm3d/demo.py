@@ -9,12 +9,12 @@ from sklearn.metrics import roc_auc_score
 
 from .atlas import Atlas
 from .checks import check_number, check_seed
-from .heatmap import compute_heatmaps
 from .io import ensure_writable_dir, write_json
 from .manifest import read_manifest
+from .models.heatmap import compute_heatmaps
+from .models.qc import contact_sheet
 from .phantom import RiskSpec, make_phantom
 from .phantom.cohort import MAX_PATIENTS
-from .qc import contact_sheet
 from .registration import register
 from .site import build_site, site_size_bytes
 from .statistics import aggregate

@@ -33,7 +33,7 @@ from .manifest import PATH_COLUMNS, Manifest, read_manifest
 from .registration.cohort import _DEPTH as COARSE_DEPTHS  # the front_back words register takes
 
 STAGES = ("heatmap", "register", "aggregate", "train")
-# `llnm3d train` refuses fewer labelled images of a view (llnm3d.train.train).
+# `llnm3d train` refuses fewer labelled images of a view (llnm3d.models.train.train).
 MIN_TRAIN_IMAGES = 10
 # Case ids shown per reason; the count says how many there are.
 SHOWN_IDS = 3

@@ -3,8 +3,8 @@ import pytest
 
 from llnm3d import Atlas, Stats, aggregate, load_stats, register
 from llnm3d.export import FIELD_MAPS, REQUIRED_MAPS
+from llnm3d.models.train import TrainSettings, train
 from llnm3d.phantom import make_phantom
-from llnm3d.train import TrainSettings, train
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,16 @@ from llnm3d import Atlas, aggregate, register
 from llnm3d.checks import check_choice, check_number
 from llnm3d.cli import app
 from llnm3d.export import REQUIRED_MAPS, export_layers
-from llnm3d.heatmap import compute_heatmaps
 from llnm3d.io import InputError
 from llnm3d.manifest import read_manifest
+from llnm3d.models.heatmap import compute_heatmaps
+from llnm3d.models.qc import contact_sheet
+from llnm3d.models.train import TrainSettings, train
 from llnm3d.phantom import make_phantom
 from llnm3d.phantom.cohort import sample_truth
-from llnm3d.qc import contact_sheet
 from llnm3d.site import build_site
 from llnm3d.statistics import Stats
 from llnm3d.statistics.tables import capsule_distance_table
-from llnm3d.train import TrainSettings, train
 
 HEADER = ("case_id,patient_id,nodule_id,side,view,image,thyroid_mask,nodule_mask,"
           "pixel_spacing_mm,label,age,sex,report")

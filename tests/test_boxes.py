@@ -8,12 +8,12 @@ from typer.testing import CliRunner
 
 from llnm3d import register
 from llnm3d.annotations import BOX_COLUMNS, BOX_NOTE, ellipse_mask, mask_box, read_nodule_mask
-from llnm3d.cases import load_cases
 from llnm3d.cli import app
-from llnm3d.features import features_table
-from llnm3d.inputs import CHANNELS
 from llnm3d.manifest import read_manifest
-from llnm3d.qc import NODULE_COLOUR, contact_sheet
+from llnm3d.models.cases import load_cases
+from llnm3d.models.features import features_table
+from llnm3d.models.inputs import CHANNELS
+from llnm3d.models.qc import NODULE_COLOUR, contact_sheet
 
 HEADER = ("case_id,patient_id,nodule_id,side,view,image,thyroid_mask,nodule_mask,"
           "pixel_spacing_mm,label,age,sex,report," + ",".join(BOX_COLUMNS))

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llnm3d.heatmap import MODEL_DIR, compute_heatmaps, load_heatmap, load_view_model
 from llnm3d.io import read_grayscale, read_mask
-from llnm3d.model import parameter_count
+from llnm3d.models.heatmap import MODEL_DIR, compute_heatmaps, load_heatmap, load_view_model
+from llnm3d.models.model import parameter_count
 
 SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "llnm-net-samples"
 

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from llnm3d.features import FEATURE_NAMES, features_table, nodule_features, write_features
 from llnm3d.io import InputError
 from llnm3d.manifest import read_manifest
+from llnm3d.models.features import FEATURE_NAMES, features_table, nodule_features, write_features
 
 HEADER = ("case_id,patient_id,nodule_id,side,view,image,thyroid_mask,nodule_mask,"
           "pixel_spacing_mm,label,age,sex,report")

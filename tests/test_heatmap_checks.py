@@ -8,8 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from llnm3d.cli import app
-from llnm3d.heatmap import load_view_model
-from llnm3d.heatmap_checks import (
+from llnm3d.io import InputError
+from llnm3d.models.heatmap import load_view_model
+from llnm3d.models.heatmap_checks import (
     CHECKS,
     alter_inputs,
     check_heatmaps,
@@ -17,9 +18,8 @@ from llnm3d.heatmap_checks import (
     randomised_model,
     rank_correlations,
 )
-from llnm3d.inputs import CAPSULE, NODULE, NODULE_PROXIMITY, THYROID_GIVEN
-from llnm3d.io import InputError
-from llnm3d.model import LLNMNet, config_named, save_model
+from llnm3d.models.inputs import CAPSULE, NODULE, NODULE_PROXIMITY, THYROID_GIVEN
+from llnm3d.models.model import LLNMNet, config_named, save_model
 
 
 def _maps(width=160):

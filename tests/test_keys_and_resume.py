@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from llnm3d import aggregate, register
 from llnm3d.cli import app
-from llnm3d.heatmap import compute_heatmaps, load_heatmap
 from llnm3d.io import TEMPORARY_MARK, InputError, file_stem
 from llnm3d.manifest import read_manifest
+from llnm3d.models.heatmap import compute_heatmaps, load_heatmap
 from llnm3d.registration import load_registered
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from llnm3d.features import MODEL_FEATURES
-from llnm3d.inputs import CHANNELS
 from llnm3d.io import InputError
-from llnm3d.model import (
+from llnm3d.models.features import MODEL_FEATURES
+from llnm3d.models.inputs import CHANNELS
+from llnm3d.models.model import (
     CONFIGS,
     BidirectionalBlock,
     Block,
@@ -17,7 +17,7 @@ from llnm3d.model import (
     parameter_count,
     save_model,
 )
-from llnm3d.text import VOCAB_SIZE
+from llnm3d.models.text import VOCAB_SIZE
 
 TINY = dict(hidden=32, n_layers=3, n_bidirectional=2, n_heads=4, mlp_dim=64, dropout=0.0)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 import llnm3d
-from llnm3d.heatmap import MODEL_DIR, VIEWS
+from llnm3d.models.heatmap import MODEL_DIR, VIEWS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(llnm3d.__file__).parent
@@ -51,12 +51,13 @@ def test_license_and_citation():
 
 def test_package_face_loads_stages_on_first_use():
     # `import llnm3d` (and so `llnm3d --help`) pays for no stage; torch stays out of the
-    # package face, the statistics and the site; a public name loads its stage when used.
+    # package face, the statistics, the site and the model subpackage itself; a public name
+    # loads its stage when used.
     code = ("import sys, llnm3d\n"
             "loaded = lambda: sorted(m for m in ('llnm3d.registration', 'llnm3d.statistics',"
             " 'torch') if m in sys.modules)\n"
             "assert loaded() == [], loaded()\n"
-            "import llnm3d.site, llnm3d.statistics.inference, llnm3d.cli\n"
+            "import llnm3d.site, llnm3d.statistics.inference, llnm3d.cli, llnm3d.models\n"
             "assert 'torch' not in sys.modules\n"
             "assert llnm3d.aggregate.__module__ == 'llnm3d.statistics.maps'\n"
             "assert 'aggregate' in dir(llnm3d) and llnm3d.__version__\n"

@@ -237,7 +237,7 @@ def test_no_side_term_gives_no_lobe_difference_with_either_weight(tmp_path, atla
     without LLNM once spread far wider, which made the heatmap-weighted map and t-test report
     a right-lobe deficit over ~28,000 voxels (FWER < 0.05) on the 200-patient demo."""
     from llnm3d import aggregate, register
-    from llnm3d.heatmap import compute_heatmaps
+    from llnm3d.models.heatmap import compute_heatmaps
     from llnm3d.phantom import make_phantom
 
     cohort = make_phantom(tmp_path / "phantom", 200, seed=0, atlas=atlas, workers=2,

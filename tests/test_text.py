@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llnm3d.phantom.nodules import ECHOGENICITY, MARGIN, Nodule, report_text
-from llnm3d.text import (
+from llnm3d.models.text import (
     N_HASH_BUCKETS,
     NUMBER_ID,
     PAD_ID,
@@ -23,6 +22,7 @@ from llnm3d.text import (
     token_id,
     tokenize,
 )
+from llnm3d.phantom.nodules import ECHOGENICITY, MARGIN, Nodule, report_text
 
 REPORT = ("Left lobe, upper third: 7 mm solid hypoechoic nodule with ill-defined irregular "
           "margins, taller than wide, punctate echogenic foci (microcalcifications). "
@@ -118,7 +118,7 @@ def test_deterministic_across_calls_and_processes():
     first = encode(text).tolist()
     assert encode(text).tolist() == first
     root = Path(__file__).resolve().parents[1]
-    code = f"from llnm3d.text import encode; print(encode({text!r}).tolist())"
+    code = f"from llnm3d.models.text import encode; print(encode({text!r}).tolist())"
     for seed in ("1", "2"):  # different str hash salts
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,

@@ -4,12 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from llnm3d import train as train_module
-from llnm3d.heatmap import compute_heatmaps, load_heatmap, overlay
-from llnm3d.inputs import location_feature_map, to_image_space
 from llnm3d.io import InputError
-from llnm3d.model import load_model
-from llnm3d.train import TrainSettings, check_patient_split, split_by_patient, train
+from llnm3d.models import train as train_module
+from llnm3d.models.heatmap import compute_heatmaps, load_heatmap, overlay
+from llnm3d.models.inputs import location_feature_map, to_image_space
+from llnm3d.models.model import load_model
+from llnm3d.models.train import TrainSettings, check_patient_split, split_by_patient, train
 
 FAST = TrainSettings(epochs=2, batch_size=8, warmup_epochs=1, val_fraction=0.3)
 
@@ -150,7 +150,7 @@ def test_overlay_blends_only_where_hot():
 
 
 def test_modality_dropout_hides_inputs_like_real_missing_data():
-    from llnm3d.train import _drop_modalities
+    from llnm3d.models.train import _drop_modalities
 
     inputs = {"image": torch.ones(3, 5, 8, 8), "report_tokens": torch.ones(3, 5, dtype=torch.long),
               "age": torch.full((3,), 50.0), "sex": torch.zeros(3, dtype=torch.long)}
@@ -164,7 +164,7 @@ def test_modality_dropout_hides_inputs_like_real_missing_data():
 
 
 def test_nodule_dropout_hides_the_nodule_channels_only_at_its_rate():
-    from llnm3d.train import _drop_modalities
+    from llnm3d.models.train import _drop_modalities
 
     batch = 4000
     inputs = {"image": torch.ones(batch, 5, 2, 2),
@@ -193,9 +193,9 @@ def test_gradcam_equals_the_librarys_own_run_and_leaves_the_model_trainable(coho
     from pytorch_grad_cam import GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from llnm3d.cases import load_cases
-    from llnm3d.heatmap import _BoundInputs, gradcam_batch, load_view_model
     from llnm3d.manifest import read_manifest
+    from llnm3d.models.cases import load_cases
+    from llnm3d.models.heatmap import _BoundInputs, gradcam_batch, load_view_model
 
     model, _ = load_view_model("transverse", model_dir)
     manifest = read_manifest(cohort.out_dir / "manifest.csv")
@@ -218,7 +218,7 @@ def test_gradcam_equals_the_librarys_own_run_and_leaves_the_model_trainable(coho
 
 
 def test_permuted_labels_keep_the_prevalence_and_the_missing():
-    from llnm3d.train import permuted_labels
+    from llnm3d.models.train import permuted_labels
 
     labels = np.array([1, 0, -1, 1, 1, 0, 0, -1, 1, 0] * 50)
     shuffled = permuted_labels(labels, seed=3)
@@ -228,7 +228,7 @@ def test_permuted_labels_keep_the_prevalence_and_the_missing():
 
 
 def test_nodule_targets_are_the_masked_share_and_proximity_of_each_patch():
-    from llnm3d.train import _drop_modalities, nodule_targets, nodule_truth
+    from llnm3d.models.train import _drop_modalities, nodule_targets, nodule_truth
 
     image = torch.zeros(2, 5, 224, 224)
     image[:, 1] = 0.5  # capsule proximity everywhere

@@ -75,7 +75,7 @@ def test_wheel_installs_and_runs_the_bundled_model_outside_the_repository(tmp_pa
     _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--quiet",
          wheel, cwd=work)
     _run(sys.executable, "-m", "pip", "--python", python, "check", cwd=work)
-    located = _run(python, "-c", "import llnm3d.heatmap as h; print(h.__file__); "
+    located = _run(python, "-c", "import llnm3d.models.heatmap as h; print(h.__file__); "
                    "print(h.MODEL_DIR)", cwd=work).split()
     assert all(Path(p).is_relative_to(tmp_path / "env") for p in located), located
 

@@ -8,7 +8,7 @@ the same images as the unaltered heatmaps:
   NeurIPS 2018), cascading from the top: the classifier head and final norm re-initialised,
   then also the fused blocks, then the bidirectional blocks, then the embeddings (every
   weight). A heatmap that survives random weights shows the input, not what the model learnt;
-- **input checks** of this model's input design (:mod:`llnm3d.inputs`): the nodule mask
+- **input checks** of this model's input design (:mod:`llnm3d.models.inputs`): the nodule mask
   channel (and the nodule-proximity channel derived from it) mirrored left-right within the
   image, shifted by a quarter of the image width towards the image's centre line, dilated by
   :data:`DILATION_PX`, or removed; the thyroid mask removed (its channels zero and its flag 0,
@@ -16,7 +16,7 @@ the same images as the unaltered heatmaps:
   shows the mask, not the image. Removing the nodule mask also removes what the model reads
   from it outside the image, the morphology features (all NaN, "missing"); mirroring, shifting
   and dilating keep the true nodule's features, so a model that reads no nodule channel
-  (:attr:`llnm3d.model.ModelConfig.channels`) sees those three checks as the unaltered input.
+  (:attr:`llnm3d.models.model.ModelConfig.channels`) sees those three checks as the unaltered input.
 
 - **label randomisation**, the other test of Adebayo et al.: the heatmaps of a model of the
   same design trained on permuted labels (``llnm3d train --shuffle-labels``), given as
@@ -46,12 +46,12 @@ import torch
 from scipy import ndimage, stats
 from tqdm.auto import tqdm
 
+from ..checks import check_choice, check_number, check_seed
+from ..io import InputError, atomic_path, ensure_writable_dir, write_json
+from ..manifest import VIEWS, Manifest, as_manifest
 from .cases import Cases, load_cases
-from .checks import check_choice, check_number, check_seed
 from .heatmap import GRADCAM_LAYERS, gradcam_batch, load_view_model
 from .inputs import CAPSULE, NODULE, SIZE_PX, THYROID_CHANNELS, THYROID_GIVEN, set_nodule_mask
-from .io import InputError, atomic_path, ensure_writable_dir, write_json
-from .manifest import VIEWS, Manifest, as_manifest
 from .model import LLNMNet
 from .train import MAX_BATCH_SIZE
 
@@ -94,7 +94,7 @@ def alter_inputs(maps: np.ndarray, check: str, widths_px: np.ndarray) -> np.ndar
     Parameters
     ----------
     maps : ndarray of float32, shape (B, 5, 224, 224)
-        Location feature maps (:func:`llnm3d.inputs.location_feature_map`).
+        Location feature maps (:func:`llnm3d.models.inputs.location_feature_map`).
     check : str
         One of :data:`INPUT_CHECKS`.
     widths_px : ndarray of int, shape (B,)

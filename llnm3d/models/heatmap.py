@@ -38,11 +38,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._version import __version__
-from .cases import Cases, load_cases
-from .checks import check_choice, check_number, check_optional_workers
-from .inputs import to_image_space
-from .io import (
+from .._version import __version__
+from ..checks import check_choice, check_number, check_optional_workers
+from ..io import (
     InputError,
     atomic_path,
     ensure_writable_dir,
@@ -54,9 +52,11 @@ from .io import (
     write_json,
     write_npz,
 )
-from .manifest import VIEWS, Manifest, as_manifest
+from ..manifest import VIEWS, Manifest, as_manifest
+from ..resume import Resumed, claim_folder, finished_cases
+from .cases import Cases, load_cases
+from .inputs import to_image_space
 from .model import LLNMNet, load_model
-from .resume import Resumed, claim_folder, finished_cases
 from .train import MAX_BATCH_SIZE
 
 # The bundled weights travel inside the package (package data), so a wheel carries them. pip
@@ -184,7 +184,7 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path, 
     model_dir : path, optional
         Folder with ``transverse.*`` and ``longitudinal.*`` models; default the bundled ones.
     batch_size : int
-        Images per GradCAM++ pass, 1 to :data:`llnm3d.train.MAX_BATCH_SIZE`.
+        Images per GradCAM++ pass, 1 to :data:`llnm3d.models.train.MAX_BATCH_SIZE`.
     device : str, optional
         ``cpu`` or ``cuda``; default CUDA when available.
     resize_masks : bool

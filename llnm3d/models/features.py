@@ -16,9 +16,9 @@ from skimage.feature import graycomatrix
 from skimage.measure import label, perimeter, regionprops
 from tqdm.auto import tqdm
 
-from .annotations import nodule_box, read_nodule_mask
-from .io import InputError, atomic_path, read_grayscale, read_mask
-from .manifest import Manifest, as_manifest
+from ..annotations import nodule_box, read_nodule_mask
+from ..io import InputError, atomic_path, read_grayscale, read_mask
+from ..manifest import Manifest, as_manifest
 
 FEATURE_NAMES = ("area_mm2", "diameter_mm", "aspect_ratio", "taller_than_wide", "echo_contrast",
                  "solidity", "convexity", "circularity", "nodule_mean", "nodule_std",

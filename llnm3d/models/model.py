@@ -4,8 +4,8 @@ The architecture of Shen et al. (2025, supplementary Table S8; IRENE lineage), i
 that it runs. Two token streams:
 
 - **image**: a ViT-style 16x16 patch embedding of the 224x224 location feature map
-  (:mod:`llnm3d.inputs`), a class token and learned position embeddings (197 tokens);
-- **clinical text**: the report's tokens (``report_length``; from :mod:`llnm3d.text`, or
+  (:mod:`llnm3d.models.inputs`), a class token and learned position embeddings (197 tokens);
+- **clinical text**: the report's tokens (``report_length``; from :mod:`llnm3d.models.text`, or
   precomputed embeddings ``(B, L, D)`` from any external encoder, projected to the hidden size),
   one token per morphology feature (a scalar times a learned vector plus a bias; a learned
   "missing" vector when the feature is NaN), one token for sex and one for age, each with its
@@ -34,10 +34,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from ._version import __version__
+from .._version import __version__
+from ..io import InputError, atomic_path, read_json, write_json
 from .features import MODEL_FEATURES
 from .inputs import CHANNELS
-from .io import InputError, atomic_path, read_json, write_json
 from .text import VOCAB_SIZE
 
 AGE_CENTRE_YEARS, AGE_SCALE_YEARS = 45.0, 15.0
@@ -312,15 +312,15 @@ class LLNMNet(nn.Module):
         Parameters
         ----------
         image : Tensor, shape (B, 5, 224, 224)
-            Location feature map (:func:`llnm3d.inputs.location_feature_map`), every channel;
+            Location feature map (:func:`llnm3d.models.inputs.location_feature_map`), every channel;
             the model reads those of ``config.channels``.
         report_tokens : Tensor of int64, shape (B, L), optional
-            Token ids from :func:`llnm3d.text.encode` (0 = padding).
+            Token ids from :func:`llnm3d.models.text.encode` (0 = padding).
         report_embeddings : Tensor, shape (B, L, D), optional
             Precomputed report embeddings, instead of token ids (needs
             ``report_embedding_dim = D`` in the config).
         features : Tensor, shape (B, n_features), optional
-            Raw morphology features in :data:`llnm3d.features.MODEL_FEATURES` order; NaN =
+            Raw morphology features in :data:`llnm3d.models.features.MODEL_FEATURES` order; NaN =
             missing.
         sex : Tensor of int64, shape (B,), optional
             0 female, 1 male, 2 unknown.
@@ -329,7 +329,7 @@ class LLNMNet(nn.Module):
         return_nodule : bool
             Also return the nodule head's two logits per patch, shape (B, 2, grid, grid): the
             share of the patch inside the nodule and its mean nodule proximity (a model built
-            with ``nodule_head``; used by training, :func:`llnm3d.train.nodule_targets`).
+            with ``nodule_head``; used by training, :func:`llnm3d.models.train.nodule_targets`).
 
         Returns
         -------

@@ -8,10 +8,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .annotations import nodule_box, read_nodule_mask
-from .checks import check_number
-from .io import atomic_path, read_grayscale, read_mask
-from .manifest import Manifest
+from ..annotations import nodule_box, read_nodule_mask
+from ..checks import check_number
+from ..io import atomic_path, read_grayscale, read_mask
+from ..manifest import Manifest
 
 THYROID_COLOUR = (255, 215, 0)
 NODULE_COLOUR = (255, 40, 40)

@@ -26,8 +26,10 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..checks import check_choice, check_number, check_optional_workers, check_seed
+from ..io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
+from ..manifest import Manifest, as_manifest
 from .cases import Cases, load_cases
-from .checks import check_choice, check_number, check_optional_workers, check_seed
 from .inputs import (
     CHANNELS,
     NODULE,
@@ -35,8 +37,6 @@ from .inputs import (
     THYROID_CHANNELS,
     set_nodule_mask,
 )
-from .io import InputError, atomic_path, ensure_writable_dir, read_json, write_json
-from .manifest import Manifest, as_manifest
 from .model import CONFIGS, SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
 
 # Sane maxima: beyond them a value is a typo (the phantom model converges in 20 epochs).
@@ -69,7 +69,7 @@ class TrainSettings:
         Per-case probability of hiding each optional input, in [0, 1) (1 would hide them
         always).
     channels : tuple of str
-        Channels of the location feature map the model reads (:data:`llnm3d.inputs.CHANNELS`,
+        Channels of the location feature map the model reads (:data:`llnm3d.models.inputs.CHANNELS`,
         in order).
     nodule_dropout : float
         Per-case probability of hiding the nodule-mask channels (mask and nodule proximity)
@@ -88,7 +88,8 @@ class TrainSettings:
     are the ``mask_hint`` design of the bundled weights (model/MODEL_CARD.md).
     shuffle_labels : bool
         Train on the labels permuted among the cases (seeded): the model of the
-        label-randomisation sanity check (:mod:`llnm3d.heatmap_checks`), never a model to use.
+        label-randomisation sanity check (:mod:`llnm3d.models.heatmap_checks`), never a model to
+        use.
     """
 
     config: str = "small"

@@ -1,9 +1,9 @@
 """Model-ready inputs for the cases of a manifest: location maps, report tokens, features.
 
 :func:`load_cases` reads every image of a manifest (in worker processes), builds its location
-feature map (:mod:`llnm3d.inputs`), morphology features (:mod:`llnm3d.features`) and report
-tokens (:mod:`llnm3d.text`), and reports each case that cannot be read by its id while the rest
-load.
+feature map (:mod:`llnm3d.models.inputs`), morphology features (:mod:`llnm3d.models.features`)
+and report tokens (:mod:`llnm3d.models.text`), and reports each case that cannot be read by its id
+while the rest load.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .annotations import nodule_box, read_nodule_mask
+from ..annotations import nodule_box, read_nodule_mask
+from ..io import InputError, read_grayscale, read_mask
+from ..manifest import Manifest
+from ..parallel import Failure, map_cases
 from .features import MODEL_FEATURES, nodule_features
 from .inputs import CHANNELS, Geometry, location_feature_map
-from .io import InputError, read_grayscale, read_mask
-from .manifest import Manifest
 from .model import sex_codes
-from .parallel import Failure, map_cases
 from .text import encode
 
 
@@ -39,7 +39,8 @@ class Cases:
         Per case, how the image was padded and resized.
     tokens : ndarray of int64, shape (N, L)
     features : ndarray of float32, shape (N, n_features)
-        Raw features in :data:`~llnm3d.features.MODEL_FEATURES` order (NaN where unavailable).
+        Raw features in :data:`~llnm3d.models.features.MODEL_FEATURES` order (NaN where
+        unavailable).
     failures : list of (case_id, reason)
     """
 

@@ -20,10 +20,11 @@ the nodule's closeness to the capsule is the location evidence that matters most
 given to the network directly, where it lies in the image (which is also where GradCAM++ can
 then show it).
 
-A model reads the channels its config names (:attr:`llnm3d.model.ModelConfig.channels`; all five
-for the bundled weights). Training treats the nodule channels as a hint, not an answer: it hides
-them from some cases and shows others another case's mask (:class:`llnm3d.train.TrainSettings`),
-so that the heatmaps depend less on the mask (``llnm3d heatmap-check``).
+A model reads the channels its config names (:attr:`llnm3d.models.model.ModelConfig.channels`;
+all five for the bundled weights). Training treats the nodule channels as a hint, not an answer:
+it hides them from some cases and shows others another case's mask
+(:class:`llnm3d.models.train.TrainSettings`), so that the heatmaps depend less on the mask
+(``llnm3d heatmap-check``).
 
 A missing thyroid mask (as in the LLNM-Net sample images) is handled explicitly: channels 1 and
 3 are all zeros and channel 4 tells the network that those zeros mean "unknown", not "far from
