@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from browser_frames import CHROMIUM_ARGS, FRAME_HELPERS_JS
 from playwright.sync_api import sync_playwright
 
 from llnm3d import Atlas
@@ -43,29 +44,12 @@ from llnm3d.statistics import Stats
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWPORT = {"width": 1280, "height": 800}
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
-                 "--use-gl=angle", "--use-angle=swiftshader", "--disable-gpu-vsync",
-                 "--disable-frame-rate-limit"]
 NODULES = 40
 
 MEASURE_JS = """async ({seconds, fieldOnly}) => {
   const api = window.llnm3d;
   await api.ready;
-  const gl = api.renderer.getContext();
-  const camera = api.camera, target = api.controls.target;
-  const pixel = new Uint8Array(4);
-  const finish = () => {
-    gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, pixel);
-    gl.finish();
-  };
-  const orbit = (angle) => {
-    const dx = camera.position.x - target.x, dz = camera.position.z - target.z;
-    const c = Math.cos(angle), s = Math.sin(angle);
-    camera.position.x = target.x + c * dx - s * dz;
-    camera.position.z = target.z + s * dx + c * dz;
-    camera.lookAt(target);
-  };
-  const hidden = [];
+""" + FRAME_HELPERS_JS + """  const hidden = [];
   if (fieldOnly) {
     for (const [id, root] of Object.entries(api.layers)) {
       if (id !== 'field' && root.visible) { root.visible = false; hidden.push(root); }

@@ -53,6 +53,7 @@ import sys
 import time
 from pathlib import Path
 
+from browser_frames import CHROMIUM_ARGS, FRAME_HELPERS_JS
 from playwright.sync_api import sync_playwright
 
 from llnm3d.site import build_site, serving
@@ -67,9 +68,6 @@ CDN = {  # the published page's script URLs -> local copies
 }
 WINDOW = {"width": 1280, "height": 800}
 WIDE_WINDOW = {"width": 1680, "height": 800}  # the llnm3d canvas is then 1280x800
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
-                 "--use-gl=angle", "--use-angle=swiftshader", "--disable-gpu-vsync",
-                 "--disable-frame-rate-limit"]
 MIN_FRAMES, MIN_RAF_FRAMES = 20, 5
 # Between page loads: the GPU process (SwiftShader, on the same 2 cores) may still be drawing
 # the frames a slow page queued, which would slow the next page's start.
@@ -86,21 +84,7 @@ PUBLISHED_HOOK = """() => {
 MEASURE_JS = """async ({hook, seconds, minFrames, minRafFrames}) => {
   const api = window[hook];
   await api.ready;
-  const gl = api.renderer.getContext();
-  const camera = api.camera, target = api.controls.target;
-  const pixel = new Uint8Array(4);
-  const finish = () => {
-    gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, pixel);
-    gl.finish();
-  };
-  const orbit = (angle) => {
-    const dx = camera.position.x - target.x, dz = camera.position.z - target.z;
-    const c = Math.cos(angle), s = Math.sin(angle);
-    camera.position.x = target.x + c * dx - s * dz;
-    camera.position.z = target.z + s * dx + c * dz;
-    camera.lookAt(target);
-  };
-  const debug = gl.getExtension('WEBGL_debug_renderer_info');
+""" + FRAME_HELPERS_JS + """  const debug = gl.getExtension('WEBGL_debug_renderer_info');
   const out = {
     firstFrameDoneMs: window.__firstFrameDoneMs,
     glRenderer: gl.getParameter(debug ? debug.UNMASKED_RENDERER_WEBGL : gl.RENDERER),
