@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--enable-unsafe-swiftshader",
                  "--use-gl=angle", "--use-angle=swiftshader"]
-BACKGROUND = (0x2B, 0x30, 0x38)   # viewer.js BACKGROUND
+BACKGROUND = (0x2B, 0x30, 0x38)   # viewer/scene.js BACKGROUND
 HOSTILE = '<b>bold</b> & <script>window.hacked = 1</script>'
 
 
