@@ -169,7 +169,7 @@ def phantom(
     _say(f"phantom cohort in {out}: {len(result.truth)} nodules, "
          f"{len(result.manifest)} images, LLNM prevalence "
          f"{result.truth['label'].mean():.1%}")
-    _report_failures(result.failed, "patient")
+    _report_failures(result.failures, "patient")
 
 
 @app.command()

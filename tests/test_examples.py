@@ -39,7 +39,7 @@ def test_thousand_patient_cohort_has_planted_rates(tmp_path, atlas):
     from llnm3d.phantom import make_phantom
 
     cohort = make_phantom(tmp_path, 1000, seed=21, atlas=atlas, progress=False)
-    assert not cohort.failed and len(cohort.manifest) == 2 * len(cohort.truth)
+    assert not cohort.failures and len(cohort.manifest) == 2 * len(cohort.truth)
     truth = cohort.truth
     bins = pd.cut(truth["capsule_distance_mm"], [0, 2.5, np.inf], right=False)
     grouped = truth.groupby(bins, observed=True)

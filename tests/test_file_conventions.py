@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from llnm3d.atlas import REGION_NAMES
 from llnm3d.cli import app
 from llnm3d.export import export_stats
-from llnm3d.gltf import LPS_TO_GLTF_ROTATION
+from llnm3d.export.gltf import LPS_TO_GLTF_ROTATION
 from llnm3d.io import read_volume, write_volume
 from llnm3d.nifti import NiftiHeader
 from llnm3d.statistics import MAP_DESCRIPTIONS

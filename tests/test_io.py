@@ -151,7 +151,7 @@ def _write_each_format_one(folder, name: str, marker: int = 2) -> None:
     from PIL import Image
 
     from llnm3d import io
-    from llnm3d.gltf import GlbBuilder
+    from llnm3d.export.gltf import GlbBuilder
 
     path = folder / name
     if name == "patch.npz":

@@ -60,7 +60,7 @@ def test_manifest_has_design_columns_and_valid_files(cohort):
     assert list(on_disk.columns) == DESIGN_COLUMNS
     for column in ("image", "thyroid_mask", "nodule_mask"):
         assert all((cohort.out_dir / p).is_file() for p in cohort.manifest[column])
-    assert not cohort.failed
+    assert not cohort.failures
 
 
 def test_truth_is_separate_and_self_consistent(cohort, atlas):

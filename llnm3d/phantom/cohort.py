@@ -64,7 +64,7 @@ class Phantom:
     out_dir: Path
     manifest: pd.DataFrame
     truth: pd.DataFrame
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,11 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
+from ..checks import check_choice
 from ..io import InputError, read_json
 
 FORMAT = "llnm3d-risk-spec/1"
+TERM_TYPES = ("linear", "step", "categorical", "gaussian")
 
 NUMERIC = ("capsule_distance_mm", "centre_capsule_distance_mm", "diameter_mm", "x_mm", "y_mm",
            "z_mm", "abs_x_mm", "taller_than_wide", "microcalcification", "age_years")
@@ -140,6 +142,10 @@ def _validate(data: dict, source: str) -> None:
         if not isinstance(term, dict):
             fail(where, "expected an object")
         kind = term.get("type")
+        try:
+            check_choice("type", kind, TERM_TYPES)
+        except InputError as exc:
+            fail(where, str(exc))  # so the message still names the spec file and the term
         if kind == "gaussian":
             centre = term.get("centre_mm")
             if not (isinstance(centre, list) and len(centre) == 3 and all(map(_is_number, centre))):
@@ -149,8 +155,6 @@ def _validate(data: dict, source: str) -> None:
             if not _is_number(term.get("coefficient")):
                 fail(where, "coefficient must be a number")
             continue
-        if kind not in ("linear", "step", "categorical"):
-            fail(where, f"unknown type {kind!r} (expected linear, step, categorical or gaussian)")
         covariate = term.get("covariate")
         if kind == "categorical":
             if covariate not in CATEGORICAL:

@@ -53,7 +53,7 @@ from ..parallel import Failure, map_cases
 from ..report_location import PROVENANCE_COLUMNS
 from ..resume import Resumed, claim_folder, finished_cases
 from .fusion import NoduleRegistration, Patch, fuse_views, register_nodule
-from .views import RegistrationError, ViewImage
+from .views import TRANSFORMS, RegistrationError, ViewImage
 
 FORMAT = "llnm3d-registered/1"
 MIN_DICE_OK = 0.8
@@ -621,7 +621,7 @@ def register(cases: str | Path | Manifest, heatmaps: str | Path | None = None,
     """
     manifest = as_manifest(cases)
     atlas = as_atlas(atlas) or Atlas.default()
-    check_choice("transform", transform, ("similarity", "affine"))
+    check_choice("transform", transform, TRANSFORMS)
     check_number("min_weight", min_weight, low=0, high=1, high_inclusive=False)
     check_optional_workers(workers)
     heatmap_dir = None

@@ -36,8 +36,11 @@ import SimpleITK as sitk
 from scipy import ndimage, signal
 
 from ..atlas import Atlas, Section, part_name
+from ..checks import check_choice
 from ..grid import grid_step
 
+# Final transforms register_view fits; "affine" adds an affine stage after the similarity one.
+TRANSFORMS = ("similarity", "affine")
 SDF_CLIP_MM = 5.0
 # Linear probes show about 4 cm; used only when a manifest gives no pixel spacing.
 ASSUMED_FIELD_OF_VIEW_MM = 40.0
@@ -336,11 +339,12 @@ def register_view(image: ViewImage, atlas: Atlas, level_mm: float, side: int | s
 
     Raises
     ------
+    InputError
+        When ``transform`` is not one of :data:`TRANSFORMS`.
     RegistrationError
         When the plane holds no gland, or no placement puts the nodule in its lobe.
     """
-    if transform not in ("similarity", "affine"):
-        raise ValueError(f"unknown transform {transform!r}: similarity or affine")
+    check_choice("transform", transform, TRANSFORMS)
     side = part_name(side)
     section = atlas_plane(atlas, image.view, level_mm)
     if not section.mask.any():

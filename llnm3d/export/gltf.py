@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .checks import check_choice
-from .io import atomic_path
+from ..checks import check_choice
+from ..io import atomic_path
 
 ARRAY_BUFFER = 34962
 ELEMENT_ARRAY_BUFFER = 34963

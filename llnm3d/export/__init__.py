@@ -19,9 +19,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from ._version import __version__
-from .atlas import REGION_NAMES, Atlas, as_atlas
-from .checks import check_choice, check_number
+from .._version import __version__
+from ..atlas import REGION_NAMES, Atlas, as_atlas
+from ..checks import check_choice, check_number
+from ..grid import grid_step
+from ..io import InputError, ensure_writable_dir
+from ..mesh import surface_from_field
+from ..statistics import MAP_DESCRIPTIONS, Stats, load_stats
 from .gltf import (
     POINTS,
     TRIANGLES,
@@ -32,10 +36,6 @@ from .gltf import (
     quantize_positions,
     srgb_to_linear,
 )
-from .grid import grid_step
-from .io import InputError, ensure_writable_dir
-from .mesh import surface_from_field
-from .statistics import MAP_DESCRIPTIONS, Stats, load_stats
 
 if TYPE_CHECKING:
     import trimesh
@@ -194,7 +194,7 @@ def shown_voxels(stats: Stats, min_cases: int) -> np.ndarray:
 
 def metadata(stats: Stats | None, min_cases: int | None, units: str = "mm", **more) -> dict:
     """``asset.extras`` / site metadata: aggregates and provenance, no ids or paths.
-    ``units`` is the files' length unit (:data:`llnm3d.gltf.UNIT_SCALES`)."""
+    ``units`` is the files' length unit (:data:`llnm3d.export.gltf.UNIT_SCALES`)."""
     extras: dict[str, Any] = {
         "generator": f"llnm3d {__version__}", "llnm3d_version": __version__,
         "units": units, "space": f"atlas LPS {units} (+x left, +y posterior, "
