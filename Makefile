@@ -33,7 +33,7 @@ test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check llnm3d tests benchmarks
+	$(BIN)/ruff check llnm3d tests benchmarks examples
 	$(BIN)/mypy
 
 test-slow: $(STAMP) $(NODE_STAMP) $(CHROMIUM)

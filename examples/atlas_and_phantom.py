@@ -27,7 +27,7 @@ def main(out_dir: Path) -> None:
                           [-18.0, 11.0, -8.0],   # right lobe, low and posterior
                           [0.0, 0.0, 0.0]])     # isthmus centre
     for point, region, distance in zip(points_mm, atlas.region_of(points_mm),
-                                       atlas.capsule_distance_mm(points_mm)):
+                                       atlas.capsule_distance_mm(points_mm), strict=True):
         print(f"  {point} mm -> {REGION_NAMES.get(int(region), 'outside')}, "
               f"{distance:+.1f} mm from the capsule")
 

@@ -27,12 +27,13 @@ from llnm3d.phantom import make_phantom  # noqa: E402
 def capsule_distance_figure(stats: llnm3d.Stats, path: Path) -> None:
     table = stats.capsule_distance[stats.capsule_distance["nodules"] > 0]
     centres = [(low + min(high, low + 5)) / 2 for low, high in zip(table["low_mm"],
-                                                                       table["high_mm"])]
+                                                                       table["high_mm"],
+                                                                       strict=True)]
     fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
     ax.errorbar(centres, table["risk"], yerr=[table["risk"] - table["ci_low"],
                                               table["ci_high"] - table["risk"]],
                 fmt="o-", color="#D55E00", capsize=4)
-    for x, (_, row) in zip(centres, table.iterrows()):
+    for x, (_, row) in zip(centres, table.iterrows(), strict=True):
         ax.annotate(f"n={row['nodules']}", (x, row["ci_high"]), textcoords="offset points",
                     xytext=(0, 4), ha="center", fontsize=8)
     ax.set_xlabel("distance from the nodule's edge to the capsule (mm)")
@@ -55,7 +56,7 @@ def slice_figure(stats: llnm3d.Stats, atlas: llnm3d.Atlas, centre_mm, path: Path
              (lo[1], hi[1], lo[2], hi[2]), "y (mm)", "z (mm)")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     for ax, (title, values, inside, extent, xlabel, ylabel), level in zip(
-            axes, cuts, (centre_mm[2], centre_mm[1], centre_mm[0])):
+            axes, cuts, (centre_mm[2], centre_mm[1], centre_mm[0]), strict=True):
         origin = "upper" if title.startswith("axial") else "lower"
         ax.imshow(inside, cmap="Greys", alpha=0.3, extent=extent, origin=origin)
         image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1,
