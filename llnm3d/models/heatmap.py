@@ -26,7 +26,6 @@ reported by its id; the others complete.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +53,12 @@ from ..io import (
 )
 from ..manifest import VIEWS, Manifest, as_manifest
 from ..resume import Resumed, claim_folder, finished_cases
+from . import MODEL_DIR
 from .cases import Cases, load_cases
 from .inputs import to_image_space
 from .model import LLNMNet, load_model
 from .train import MAX_BATCH_SIZE
 
-# The bundled weights travel inside the package (package data), so a wheel carries them. pip
-# installs a wheel unpacked, so the resource is a real folder.
-MODEL_DIR = Path(str(resources.files("llnm3d").joinpath("weights")))
 LLNM_CLASS = 1
 FORMAT = "llnm3d-heatmaps/1"
 GRADCAM_LAYERS = ("fused", "last", "bidirectional")
