@@ -4,7 +4,7 @@
 import * as THREE from 'three';
 import { lut } from './colour.js';
 import { app, CLIP_EPS_MM, state } from './state.js';
-import { AXES, worldToAtlas } from './util.js';
+import { AXES, gridIndex, worldToAtlas } from './util.js';
 
 // Maps every field has; the aggregation's optional ones come from data.json `maps`.
 const BUILT_IN_MAPS = [
@@ -23,13 +23,11 @@ export const FILTERS = [
 ];
 const FWER_LOG10P = -Math.log10(0.05);
 
-function findPoints(root) {
+export function findPoints(root) {
   let found = null;
   root.traverse((node) => { if (!found && node.isPoints) found = node; });
   return found;
 }
-
-export { findPoints };
 
 function range(values) {
   let lo = Infinity;
@@ -230,13 +228,8 @@ export function countShown(field) {
 
 // The field voxel at an atlas position (mm), or -1 where the field has none.
 export function voxelAt(field, position) {
-  let flat = 0;
-  for (let d = 2; d >= 0; d -= 1) {
-    const k = Math.round((position[d] - field.origin[d]) / field.spacing);
-    if (k < 0 || k >= field.dims[d]) return -1;
-    flat = flat * field.dims[d] + k;
-  }
-  return field.index[flat];
+  const flat = gridIndex(field.dims, field.origin, field.spacing, position);
+  return flat < 0 ? -1 : field.index[flat];
 }
 
 export const voxelPosition = (field, i) => Array.from(field.atlas.subarray(3 * i, 3 * i + 3));

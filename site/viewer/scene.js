@@ -4,7 +4,7 @@ import * as THREE from 'three';
 import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 import { colourAt, fieldScale } from './colour.js';
 import { findPoints, isShown, setupField } from './field.js';
-import { app, DEFAULT_OPACITY, state } from './state.js';
+import { app, CLIP_EPS_MM, DEFAULT_OPACITY, state } from './state.js';
 import { $, AXES, atlasToWorld, cssColour, element, TISSUE, worldToAtlas } from './util.js';
 
 const BACKGROUND = 0x2b3038;
@@ -220,8 +220,8 @@ export function applySceneState() {
     const [lo, hi] = state.clip[a];
     // A plane keeps the side where normal . p + constant >= 0 (world coordinates).
     const normal = atlasToWorld(...AXES.map((b, e) => Number(e === d)));
-    clipPlanes[2 * d].set(normal, -(lo - 1e-3));
-    clipPlanes[2 * d + 1].set(normal.clone().negate(), hi + 1e-3);
+    clipPlanes[2 * d].set(normal, -(lo - CLIP_EPS_MM));
+    clipPlanes[2 * d + 1].set(normal.clone().negate(), hi + CLIP_EPS_MM);
   });
   for (const [id, root] of Object.entries(app.layers)) root.visible = Boolean(state.layers[id]);
   app.layers.capsule?.traverse((node) => {

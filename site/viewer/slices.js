@@ -6,7 +6,7 @@
 import { colourAt, fieldScale, scaleT } from './colour.js';
 import { passesDisplay, voxelAt } from './field.js';
 import { app, state } from './state.js';
-import { $, element } from './util.js';
+import { $, AXES, element } from './util.js';
 
 // Each panel: the atlas axis (0 x, 1 y, 2 z) and direction along its screen x and y, the axis
 // it cuts, and the edge letters (left, right, top, bottom).
@@ -21,7 +21,6 @@ const GLAND = [150, 138, 134];
 const EDGE = [95, 86, 84];
 const CROSSHAIR = '#ff4f9a';
 const LANDMARK = 'rgba(160, 205, 255, 0.9)';
-const AXIS_NAMES = ['x', 'y', 'z'];
 // The panels are small and redrawn whole on every cursor move: drawn on the CPU, they need no
 // round trip to the GPU process (which, in software WebGL, is busy with the 3D view).
 const CANVAS_2D = { willReadFrequently: true };
@@ -299,7 +298,7 @@ function drawPanel(panel, scale) {
   ctx.fillText(right, x0 + s * image.width - 13, y0 + (s * image.height) / 2);
   ctx.fillText(top, x0 + (s * image.width) / 2 - 4, y0 + 9);
   ctx.fillText(bottom, x0 + (s * image.width) / 2 - 4, y0 + s * image.height - 9);
-  const axis = AXIS_NAMES[spec.cut];
+  const axis = AXES[spec.cut];
   const value = state.cursor[spec.cut];
   panel.position.textContent = `${axis} = ${value < 0 ? '\u2212' : ''}${Math.abs(value).toFixed(1)} mm`;
 }

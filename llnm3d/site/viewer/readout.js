@@ -2,7 +2,9 @@
 // and RAS), and what is shown where the field has no value.
 import { voxelAt } from './field.js';
 import { app, state } from './state.js';
-import { $, element, fmtCount, fmtMm, fmtP, fmtPValue, fmtSigned } from './util.js';
+import {
+  $, element, fmtCount, fmtMm, fmtP, fmtPValue, fmtSigned, gridIndex,
+} from './util.js';
 
 // Which tools read which convention, so a reader can paste a position into theirs.
 const COORDINATE_NOTE = 'LPS: ITK, ITK-SNAP, DICOM; RAS: NIfTI, nilearn, FreeSurfer, Slicer.';
@@ -26,13 +28,8 @@ function regionName(code) {
 function labelAt(position) {
   const grid = app.labels;
   if (!grid) return null;
-  let flat = 0;
-  for (let d = 2; d >= 0; d -= 1) {
-    const k = Math.round((position[d] - grid.origin[d]) / grid.spacing);
-    if (k < 0 || k >= grid.dims[d]) return 0;
-    flat = flat * grid.dims[d] + k;
-  }
-  return grid.labels[flat];
+  const flat = gridIndex(grid.dims, grid.origin, grid.spacing, position);
+  return flat < 0 ? 0 : grid.labels[flat];
 }
 
 function capsuleText(distance) {

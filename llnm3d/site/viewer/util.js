@@ -26,3 +26,15 @@ export function fmtPValue(log10p) {
   const p = 10 ** -log10p;
   return p < 0.001 ? '< 0.001' : p.toFixed(3);
 }
+
+// Flat index (C order of z, y, x) of the voxel nearest an atlas position on a grid of `dims`
+// [nx, ny, nz] voxels from `origin` (mm, the first voxel's centre) at `spacing` mm; -1 off it.
+export function gridIndex(dims, origin, spacing, position) {
+  let flat = 0;
+  for (let d = 2; d >= 0; d -= 1) {
+    const k = Math.round((position[d] - origin[d]) / spacing);
+    if (k < 0 || k >= dims[d]) return -1;
+    flat = flat * dims[d] + k;
+  }
+  return flat;
+}
