@@ -551,9 +551,9 @@ def export_command(
         result = export_stats(stats, out, atlas=atlas, levels=_levels(levels),
                               min_cases=min_cases, field_spacing_mm=field_spacing_mm,
                               units=units)
-    _say(f"{result['points']} voxels with >= {result['min_cases']} nodules, isosurfaces "
-         f"at {result['isosurface_levels']}; glTF files in {out}")
-    _notes(result["notes"])
+    _say(f"{result.points} voxels with >= {result.min_cases} nodules, isosurfaces "
+         f"at {result.isosurface_levels}; glTF files in {out}")
+    _notes(result.notes)
 
 
 @app.command("build-site")

@@ -74,8 +74,8 @@ def test_low_analysis_min_cases_publishes_at_the_floor_with_a_note(analysis_stat
     assert 0 < expected < (n_nodules >= 1).sum()
 
     result = export_stats(analysis_stats_dir, tmp_path / "api")
-    assert result["min_cases"] == PUBLISH_MIN_CASES and result["points"] == expected
-    assert any("the aggregation used min-cases 1" in note for note in result["notes"])
+    assert result.min_cases == PUBLISH_MIN_CASES and result.points == expected
+    assert any("the aggregation used min-cases 1" in note for note in result.notes)
 
     result = runner.invoke(app, ["export", "--stats", str(analysis_stats_dir), "--out",
                                  str(tmp_path / "gltf")])

@@ -118,7 +118,7 @@ def test_field_points_carry_the_map_values_at_their_voxels(exported, publishable
     # One point per shown voxel of the 1 mm grid (every 2nd voxel of the 0.5 mm map).
     shown = np.isfinite(stats.volumes["probability"][::2, ::2, ::2]) & (
         stats.volumes["n_nodules"][::2, ::2, ::2] >= PUBLISH_MIN_CASES)
-    assert len(points_mm) == shown.sum() == result["points"] > 100
+    assert len(points_mm) == shown.sum() == result.points > 100
     np.testing.assert_allclose(accessor(attributes["_PROB"]),
                                stats.value_at("probability", points_mm), atol=1e-6)
     np.testing.assert_allclose(accessor(attributes["_N"]),
@@ -131,7 +131,7 @@ def test_field_points_carry_the_map_values_at_their_voxels(exported, publishable
     assert (accessor(attributes["_N"]) >= PUBLISH_MIN_CASES).all()
     extras = doc["asset"]["extras"]
     assert extras["units"] == "mm" and extras["min_cases"] == PUBLISH_MIN_CASES
-    assert result["notes"] == [
+    assert result.notes == [
         "the aggregation used min-cases 2; published voxels and table rows need at least 5 "
         "nodules (the publishing floor), so fewer are not shown"]
     assert extras["nodules"] == stats.summary["nodules"]
@@ -181,7 +181,7 @@ def test_capsule_and_isosurfaces_are_closed_and_in_the_right_place(exported,
                      stats.volumes["probability"], np.nan)
     assert np.isnan(shown[tuple(np.rint(atlas.world_to_voxel(probe)).astype(int)[:, ::-1].T)]
                     ).all()
-    low, high = result["probability_range"]
+    low, high = result.probability_range
     assert prob[known].min() >= low - 1e-6 and prob[known].max() <= high + 1e-6
     normals = accessor(primitive["attributes"]["NORMAL"])
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-4)

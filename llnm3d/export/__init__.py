@@ -128,6 +128,38 @@ class ExportedField:
     maps: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ExportedLayers:
+    """What :func:`export_layers` wrote.
+
+    Attributes
+    ----------
+    points : int
+        Voxels in ``field.glb``.
+    probability_range, coverage_range : tuple or None
+        Probability and nodules per voxel over them (None when the field is empty).
+    field_spacing_mm : float
+        The field's grid (mm).
+    isosurface_levels : list of float
+        The levels ``isosurfaces.glb`` holds.
+    min_cases : int
+        The publishing minimum of nodules per voxel that was applied.
+    notes : list of str
+        What the reader should know (a raised minimum, a map left out).
+    maps : dict of str -> (float, float)
+        The field's optional maps (:data:`FIELD_MAPS`) and their ranges.
+    """
+
+    points: int
+    probability_range: tuple[float, float] | None
+    coverage_range: tuple[int, int] | None
+    field_spacing_mm: float
+    isosurface_levels: list[float]
+    min_cases: int
+    notes: list[str] = field(default_factory=list)
+    maps: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
 def check_stats(stats: Stats) -> None:
     """Raise InputError unless ``stats`` holds the maps the export needs, on one grid."""
     missing = [name for name in REQUIRED_MAPS if name not in stats.volumes]
@@ -486,11 +518,10 @@ def export_layers(stats: Stats, out_dir: str | Path, *,
                   levels: list[float] | None = None, min_cases: int | None = None,
                   field_spacing_mm: float = DEFAULT_FIELD_SPACING_MM,
                   surface_spacing_mm: float = DEFAULT_SURFACE_SPACING_MM,
-                  colormap: str = DEFAULT_COLORMAP, units: str = "mm") -> dict:
+                  colormap: str = DEFAULT_COLORMAP, units: str = "mm") -> ExportedLayers:
     """Write ``field.glb``, ``capsule.glb`` and ``isosurfaces.glb`` of ``stats`` into
-    ``out_dir``; return what was written (point count, shown range, coverage, levels, the
-    publishing ``min_cases`` and notes). ``units``: ``mm`` (atlas mm, as the site's files) or
-    ``m`` (metres, the glTF specification's unit)."""
+    ``out_dir``; return what was written (:class:`ExportedLayers`). ``units``: ``mm`` (atlas
+    mm, as the site's files) or ``m`` (metres, the glTF specification's unit)."""
     check_stats(stats)
     shown_min_cases = min_cases_of(stats, min_cases)  # refused before anything is written
     check_levels(levels)
@@ -510,12 +541,11 @@ def export_layers(stats: Stats, out_dir: str | Path, *,
                                  min_cases=min_cases, spacing_mm=surface_spacing_mm,
                                  colormap=colormap, value_range=exported.probability_range,
                                  units=units)
-    return {"points": exported.points, "probability_range": exported.probability_range,
-            "coverage_range": exported.coverage_range, "field_spacing_mm": exported.spacing_mm,
-            "isosurface_levels": written, "min_cases": shown_min_cases,
-            "notes": exported.notes, "maps": exported.maps}
+    return ExportedLayers(exported.points, exported.probability_range, exported.coverage_range,
+                          exported.spacing_mm, written, shown_min_cases, exported.notes,
+                          exported.maps)
 
 
-def export_stats(stats_dir: str | Path, out_dir: str | Path, **options) -> dict:
+def export_stats(stats_dir: str | Path, out_dir: str | Path, **options) -> ExportedLayers:
     """:func:`export_layers` of an ``llnm3d aggregate`` folder (``options`` as there)."""
     return export_layers(load_stats(stats_dir), out_dir, **options)

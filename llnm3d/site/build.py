@@ -243,18 +243,18 @@ def _write_site(work: Path, stats, points, atlas, title, description, levels, mi
         exported = export_layers(stats, assets, atlas=atlas, levels=levels,
                                  min_cases=min_cases, field_spacing_mm=field_spacing_mm,
                                  surface_spacing_mm=surface_spacing_mm)
-        shown = exported["min_cases"]
+        shown = exported.min_cases
         data |= {"quantity": "LLNM probability", "nodules": stats.summary.get("nodules"),
                  "events": stats.summary.get("events"),
                  "prevalence": stats.summary.get("prevalence"), "min_cases": shown,
                  "weight": stats.summary.get("parameters", {}).get("weight"),
                  "estimator": estimator_text(stats.summary.get("estimator")),
-                 "probability_range": exported["probability_range"],
-                 "coverage_range": exported["coverage_range"],
-                 "field_spacing_mm": exported["field_spacing_mm"],
-                 "points": exported["points"],
-                 "isosurface_levels": exported["isosurface_levels"],
-                 "maps": _field_maps(exported["maps"]),
+                 "probability_range": exported.probability_range,
+                 "coverage_range": exported.coverage_range,
+                 "field_spacing_mm": exported.field_spacing_mm,
+                 "points": exported.points,
+                 "isosurface_levels": exported.isosurface_levels,
+                 "maps": _field_maps(exported.maps),
                  "smoothing": smoothing_text(stats.summary.get("estimator")),
                  "landmarks": atlas.landmarks,
                  "slices": _write_labels(atlas, grid_step(field_spacing_mm, atlas.spacing_mm),
@@ -263,15 +263,15 @@ def _write_site(work: Path, stats, points, atlas, title, description, levels, mi
             "regions": table_json(stats.regions, _REGION_COLUMNS, shown),
             "capsule_distance": table_json(stats.capsule_distance, _DISTANCE_COLUMNS, shown)}
         # The site carries neither the nodule-model nor the contrast tables, so not their notes.
-        data["notes"] += exported["notes"] + [
+        data["notes"] += exported.notes + [
             str(n) for n in stats.summary.get("notes", [])
             if not str(n).startswith((NODULE_MODEL_NOTE, CONTRAST_NOTE))]
         data["layers"] += [
             {"id": "field", "label": "Probability field", "file": "assets/field.glb",
-             "kind": "points", "visible": exported["points"] > 0},
+             "kind": "points", "visible": exported.points > 0},
             {"id": "capsule", "label": "Thyroid capsule", "file": "assets/capsule.glb",
              "kind": "mesh", "visible": True}]
-        if exported["isosurface_levels"]:
+        if exported.isosurface_levels:
             data["layers"].append({"id": "isosurfaces", "label": "Isosurfaces",
                                    "file": "assets/isosurfaces.glb", "kind": "mesh",
                                    "visible": False})
