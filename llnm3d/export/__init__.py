@@ -60,15 +60,13 @@ class FieldMap:
     """A map the point field carries besides the probability, when the aggregation made it.
 
     ``centre`` is where a diverging colour scale is centred: ``"rate"`` (the cohort rate),
-    a number, or None (sequential only). ``threshold`` is the default significance level on
-    the map's own scale, for maps that are significance tests.
+    a number, or None (sequential only).
     """
 
     attribute: str
     label: str
     units: str
     centre: str | float | None = None
-    threshold: float | None = None
 
 
 # Optional maps of :data:`llnm3d.statistics.maps.MAP_DESCRIPTIONS` shown by the viewer's map
@@ -80,12 +78,9 @@ FIELD_MAPS = {
         "_SIG", "Simultaneous 95 % band vs the cohort rate, spatial model",
         "+1 above, -1 below, 0 neither", 0.0),
     "t": FieldMap("_T", "t, outcome vs footprint (voxelwise test)", "t", 0.0),
-    "t_log10p_fwer": FieldMap(
-        "_T_LOG10P_FWER", "-log10 FWER p of t (permutation)", "-log10 p",
-        threshold=-float(np.log10(0.05))),
+    "t_log10p_fwer": FieldMap("_T_LOG10P_FWER", "-log10 FWER p of t (permutation)", "-log10 p"),
     "tfce_log10p_fwer": FieldMap(
-        "_TFCE_LOG10P_FWER", "-log10 FWER p of TFCE (permutation)", "-log10 p",
-        threshold=-float(np.log10(0.05))),
+        "_TFCE_LOG10P_FWER", "-log10 FWER p of TFCE (permutation)", "-log10 p"),
 }
 REQUIRED_MAPS = ("probability", "probability_ci_low", "probability_ci_high", "n_nodules")
 # Coarsest field and surface grid (mm): the atlas gland spans about 70 x 30 x 55 mm, so a

@@ -100,7 +100,7 @@ def _field_maps(maps: dict[str, tuple[float, float]]) -> list[dict]:
     """The optional maps of the field for the viewer's map selector (data.json ``maps``)."""
     return [{"id": name, "attribute": FIELD_MAPS[name].attribute.lower(),
              "label": FIELD_MAPS[name].label, "units": FIELD_MAPS[name].units,
-             "centre": FIELD_MAPS[name].centre, "threshold": FIELD_MAPS[name].threshold,
+             "centre": FIELD_MAPS[name].centre,
              "range": [round(lo, 6), round(hi, 6)]} for name, (lo, hi) in maps.items()]
 
 

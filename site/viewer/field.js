@@ -103,7 +103,7 @@ export function setupField(root) {
   return {
     points, count, atlas, ijk, dims, origin, spacing, index, maps, mapSpecs, ranges, pass,
     low, high, n, maxN: ranges.coverage[1], region: attr('_region'), dist: attr('_dist'),
-    shownMap: null, shownFilter: null, drawn: 0,
+    shownMap: null, shownFilter: null, shownCount: count, drawn: 0,
   };
 }
 
@@ -159,23 +159,28 @@ function passes(field, i, filter, rate) {
 function updateShell(field) {
   const { dims, index, ijk, count } = field;
   const shown = new Uint8Array(count);
-  for (let i = 0; i < count; i += 1) shown[i] = isShown(field, i) ? 1 : 0;
-  const visible = (i, d, step) => {
-    const k = ijk[3 * i + d] + step;
-    if (k < 0 || k >= dims[d]) return false;
-    const at = [ijk[3 * i], ijk[3 * i + 1], ijk[3 * i + 2]];
-    at[d] = k;
-    const j = index[(at[2] * dims[1] + at[1]) * dims[0] + at[0]];
-    return j >= 0 && shown[j] === 1;
-  };
+  let shownCount = 0;
+  for (let i = 0; i < count; i += 1) {
+    shown[i] = isShown(field, i) ? 1 : 0;
+    shownCount += shown[i];
+  }
+  const strides = [1, dims[0], dims[0] * dims[1]];
   const drawn = field.points.geometry.index;
   let m = 0;
   for (let i = 0; i < count; i += 1) {
     if (!shown[i]) continue;
+    const flat = ijk[3 * i] + strides[1] * ijk[3 * i + 1] + strides[2] * ijk[3 * i + 2];
     let covered = true;
-    for (let d = 0; d < 3 && covered; d += 1) covered = visible(i, d, -1) && visible(i, d, 1);
+    for (let d = 0; d < 3 && covered; d += 1) {
+      for (const step of [-1, 1]) {
+        const k = ijk[3 * i + d] + step;
+        const j = k < 0 || k >= dims[d] ? -1 : index[flat + step * strides[d]];
+        if (j < 0 || !shown[j]) { covered = false; break; }
+      }
+    }
     if (!covered) { drawn.array[m] = i; m += 1; }
   }
+  field.shownCount = shownCount;
   field.drawn = m;
   field.points.geometry.setDrawRange(0, m);
   drawn.clearUpdateRanges();

@@ -80,7 +80,7 @@ function applyState() {
   if (field) {
     applyFieldState(field);
     applyScale();
-    $('shown-count').textContent = `${fmtCount(countShown(field))} of ${fmtCount(field.count)} `
+    $('shown-count').textContent = `${fmtCount(field.shownCount)} of ${fmtCount(field.count)} `
       + 'voxels shown';
   }
   applySceneState();

@@ -1,7 +1,7 @@
 // The readout: every value the field has at a voxel, where the voxel is (in words, atlas LPS
 // and RAS), and what is shown where the field has no value.
 import { voxelAt } from './field.js';
-import { app, state } from './state.js';
+import { app } from './state.js';
 import {
   $, element, fmtCount, fmtMm, fmtP, fmtPValue, fmtSigned, gridIndex,
 } from './util.js';
@@ -109,5 +109,4 @@ export function showReadout(pick, pinned) {
     : 'Click to pin.'} ${COORDINATE_NOTE}`, 'hint');
   readout.replaceChildren(element('p', title, 'readout-title'), list, hint);
   readout.hidden = false;
-  readout.dataset.state = state.map;
 }

@@ -15,21 +15,21 @@ const ISOSURFACE_OPACITY = 0.5;
 // z anterior). Transverse looks up from the feet with anterior at the top, so the patient's
 // right is on the screen's left, as on a transverse ultrasound image; longitudinal looks from
 // the patient's right with anterior at the top and cranial on the left, as a longitudinal one.
-export const PRESETS = {
+const PRESETS = {
   anterior: { direction: [0, 0, 1], up: [0, 1, 0] },
   left: { direction: [1, 0, 0], up: [0, 1, 0] },
   right: { direction: [-1, 0, 0], up: [0, 1, 0] },
   transverse: { direction: [0, -1, 0], up: [0, 0, 1] },
   longitudinal: { direction: [-1, 0, 0], up: [0, 0, 1] },
 };
-export const PRESET_KEYS = { 1: 'anterior', 2: 'left', 3: 'right', 4: 'transverse',
+const PRESET_KEYS = { 1: 'anterior', 2: 'left', 3: 'right', 4: 'transverse',
   5: 'longitudinal' };
 const ORIENTATION = [  // letter, name, atlas direction (LPS)
   ['R', 'right', [-1, 0, 0]], ['L', 'left', [1, 0, 0]], ['A', 'anterior', [0, -1, 0]],
   ['P', 'posterior', [0, 1, 0]], ['S', 'superior', [0, 0, 1]], ['I', 'inferior', [0, 0, -1]],
 ];
 const NICE_LENGTHS_MM = [1, 2, 5, 10, 20, 50, 100, 200];
-export const clipPlanes = AXES.flatMap(() => [new THREE.Plane(), new THREE.Plane()]);
+const clipPlanes = AXES.flatMap(() => [new THREE.Plane(), new THREE.Plane()]);
 let publishedTag = null;  // caption above the published point set: its world anchor and node
 let renderQueued = false;
 const listeners = { viewChange: () => {} };
@@ -190,7 +190,7 @@ export function computeBounds() {
 
 const glandCentre = () => atlasToWorld(
   ...app.glandBox.min.map((lo, d) => (lo + app.glandBox.max[d]) / 2));
-export const glandExtent = () => AXES.map((a, d) => app.glandBox.max[d] - app.glandBox.min[d]);
+const glandExtent = () => AXES.map((a, d) => app.glandBox.max[d] - app.glandBox.min[d]);
 const glandSize = () => Math.max(...glandExtent());
 
 export function addMarker() {

@@ -5,7 +5,7 @@ import * as THREE from 'three';
 import { app, state } from './state.js';
 import { $, cssColour, fmtP, TISSUE } from './util.js';
 
-export const DIVERGING_CMAP = 'RdBu (diverging)';
+const DIVERGING_CMAP = 'RdBu (diverging)';
 const MAP_LABELS = {
   cividis: 'Cividis (colour-blind safe)', viridis: 'Viridis',
   'published orange': 'Published orange (as the LLNM-Net page)',
@@ -20,9 +20,9 @@ export function loadColourMaps(data) {
 }
 
 // The maps a user picks for a sequential scale; the diverging one comes with its scale.
-export const sequentialMaps = () => Object.keys(colourMaps).filter((n) => n !== DIVERGING_CMAP);
+const sequentialMaps = () => Object.keys(colourMaps).filter((n) => n !== DIVERGING_CMAP);
 export const hasColourMap = (name) => name in colourMaps && name !== DIVERGING_CMAP;
-export const colourMapLabel = (name) => MAP_LABELS[name] ?? name;
+const colourMapLabel = (name) => MAP_LABELS[name] ?? name;
 
 export function colourAt(name, t) {
   const stops = colourMaps[name];

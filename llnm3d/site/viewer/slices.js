@@ -10,7 +10,7 @@ import { $, AXES, element } from './util.js';
 
 // Each panel: the atlas axis (0 x, 1 y, 2 z) and direction along its screen x and y, the axis
 // it cuts, and the edge letters (left, right, top, bottom).
-export const PANELS = [
+const PANELS = [
   { id: 'transverse', title: 'Transverse', u: [0, 1], v: [1, 1], cut: 2, edges: 'RLAP' },
   { id: 'coronal', title: 'Coronal', u: [0, 1], v: [2, -1], cut: 1, edges: 'RLSI' },
   { id: 'longitudinal', title: 'Longitudinal', u: [2, -1], v: [1, 1], cut: 0,
