@@ -9,8 +9,9 @@ Every design (:data:`DESIGNS`) is trained with ``llnm3d train``'s defaults but f
 settings it names (resumable: a design already trained in ``--out`` is not trained again),
 then checked on cohorts never used in training:
 
-- ``--checks-cohort``: :func:`llnm3d.models.heatmap_checks.check_heatmaps` (layer ``fused``), its
-  summary per view and check;
+- ``--checks-cohort``: :func:`llnm3d.models.heatmap_checks.check_heatmaps` (``--layer``,
+  default ``fused``, the layer the designs table in BENCHMARKS.md was measured at), its summary
+  per view and check;
 - ``--auc-cohort``: AUC per view and per nodule (mean of the views' probabilities) against the
   labels and against the true planted risk (the Bayes-optimal AUC on the same nodules).
 
@@ -29,6 +30,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from llnm3d.manifest import read_manifest
+from llnm3d.models import GRADCAM_LAYERS
 from llnm3d.models.cases import load_cases
 from llnm3d.models.heatmap import load_view_model
 from llnm3d.models.heatmap_checks import check_heatmaps
@@ -39,21 +41,29 @@ NO_NODULE_CHANNELS = tuple(c for c in CHANNELS if c not in ("nodule_mask", "nodu
 DESIGNS = {
     # The design of the weights bundled before issue 13: the nodule mask is a channel.
     "mask_channel": {"channels": CHANNELS, "nodule_dropout": 0.0, "nodule_swap": 0.0,
-                     "nodule_loss_weight": 0.0},
+                     "nodule_loss_weight": 0.0, "stem": "linear"},
     # The mask stays a channel, hidden from half the training cases.
     "mask_dropout": {"channels": CHANNELS, "nodule_dropout": 0.5, "nodule_swap": 0.0,
-                     "nodule_loss_weight": 0.0},
+                     "nodule_loss_weight": 0.0, "stem": "linear"},
     # No nodule channel: the mask reaches the model only through the morphology features.
     "image_only": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0, "nodule_swap": 0.0,
-                   "nodule_loss_weight": 0.0},
+                   "nodule_loss_weight": 0.0, "stem": "linear"},
     # No nodule channel, and the mask is a training target: a head on the image tokens learns
     # where the nodule is in the image.
     "image_only_located": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0,
-                           "nodule_swap": 0.0, "nodule_loss_weight": 5.0},
+                           "nodule_swap": 0.0, "nodule_loss_weight": 5.0, "stem": "linear"},
     # The mask is a channel but a hint: hidden from a quarter of the training cases, another
     # case's mask for another quarter, and the nodule head learns where the true nodule is.
     "mask_hint": {"channels": CHANNELS, "nodule_dropout": 0.25, "nodule_swap": 0.25,
-                  "nodule_loss_weight": 5.0},
+                  "nodule_loss_weight": 5.0, "stem": "linear"},
+    # mask_hint with a convolutional stem: can the image confirm the hint once the model can
+    # see a nodule through the speckle?
+    "conv_hint": {"channels": CHANNELS, "nodule_dropout": 0.25, "nodule_swap": 0.25,
+                  "nodule_loss_weight": 5.0, "stem": "conv"},
+    # No nodule channel, a convolutional stem, and the nodule head: the model must find the
+    # nodule (and its closeness to the capsule) in the image.
+    "conv_located": {"channels": NO_NODULE_CHANNELS, "nodule_dropout": 0.0,
+                     "nodule_swap": 0.0, "nodule_loss_weight": 5.0, "stem": "conv"},
 }
 KEY = ["patient_id", "nodule_id"]
 
@@ -99,6 +109,8 @@ def main() -> None:
     parser.add_argument("--views", nargs="+", default=["transverse", "longitudinal"])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--limit", type=int, default=None, help="images per view to check")
+    parser.add_argument("--layer", default="fused", choices=GRADCAM_LAYERS,
+                        help="GradCAM++ layer of the checks")
     parser.add_argument("--trained", nargs="*", default=[], metavar="NAME=DIR",
                         help="models already trained elsewhere, measured as they are (a folder "
                              "with <view>.safetensors/.json, e.g. earlier bundled weights)")
@@ -112,7 +124,8 @@ def main() -> None:
         manifest = replace(manifest, table=manifest.table[
             manifest.table["view"].isin(args.views)])
         summary = check_heatmaps(manifest, args.out / design / "checks", model_dir=models,
-                                 limit=args.limit).summary.set_index(["view", "check"])
+                                 limit=args.limit, layer=args.layer
+                                 ).summary.set_index(["view", "check"])
         aucs = auc_rows(models, args.views, args.auc_cohort)
         for view in args.views:
             def cell(check, column, view=view, summary=summary):

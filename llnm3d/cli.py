@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 import typer
 
 from ._version import __version__
+from .models import DEFAULT_LAYER
 
 if TYPE_CHECKING:
     from typer._click.exceptions import UsageError
@@ -294,6 +295,9 @@ def train(
     nodule_loss_weight: Annotated[float | None, typer.Option(
         help="Weight of the auxiliary loss that teaches the model where the nodule is, per "
              "patch (0: none; default: TrainSettings').")] = None,
+    stem: Annotated[str | None, typer.Option(
+        help="How image patches become tokens: linear (one map per 16x16 patch) or conv "
+             "(small stride-2 convolutions; default: TrainSettings').")] = None,
     shuffle_labels: Annotated[bool, typer.Option(
         help="Train on labels permuted among the cases: the model of the label-randomisation "
              "check of `llnm3d heatmap-check`, never a model to use.")] = False,
@@ -311,7 +315,7 @@ def train(
                  if channels is not None else None)
         given: dict[str, Any] = {"channels": names, "nodule_dropout": nodule_dropout,
                                  "nodule_swap": nodule_swap,
-                                 "nodule_loss_weight": nodule_loss_weight}
+                                 "nodule_loss_weight": nodule_loss_weight, "stem": stem}
         design = {name: value for name, value in given.items() if value is not None}
         settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size,
                                  learning_rate=learning_rate, seed=seed,
@@ -336,7 +340,8 @@ def heatmap(
     resize_masks: ResizeMasksOption = False,
     layer: Annotated[str, typer.Option(
         help="GradCAM++ layer: fused (first block over both streams), last, or "
-             "bidirectional (image tokens entering the last bidirectional block).")] = "fused",
+             "bidirectional (image tokens entering the last bidirectional block).")
+    ] = DEFAULT_LAYER,
     allow_outside: AllowOutsideOption = False,
 ) -> None:
     """LLNM probability and a GradCAM++ heatmap per image (resumable)."""
@@ -362,7 +367,7 @@ def heatmap_check(
         help="Folder with models of the same design trained on permuted labels (`llnm3d "
              "train --shuffle-labels`): adds the label-randomisation check.")] = None,
     layer: Annotated[str, typer.Option(help="GradCAM++ layer: fused, last or bidirectional.")
-                     ] = "fused",
+                     ] = DEFAULT_LAYER,
     checks: Annotated[str | None, typer.Option(
         help="Comma-separated checks (default: all): nodule_mirrored, nodule_shifted, "
              "nodule_dilated, nodule_removed, thyroid_removed, random_head, random_blocks, "

@@ -144,7 +144,7 @@ def test_features_train_and_heatmap_commands(cohort, model_dir, tmp_path):
     qc = pd.read_csv(tmp_path / "reg" / "qc.csv")
     assert len(qc) == len(cohort.truth) and (qc["status"] != "failed").all()
     assert qc["probability"].between(0, 1).all()
-    # Patches carry the fused heatmap (the briefly trained model leaves some maps empty).
+    # Patches carry the heatmap (the briefly trained model leaves some maps empty).
     peaks = []
     for nodule in qc["nodule"]:
         with np.load(tmp_path / "reg" / "patches" / f"{nodule}.npz") as patch:

@@ -181,3 +181,28 @@ def test_nodule_head_gives_two_logits_per_patch_and_only_when_built():
         assert torch.equal(model(**inputs()), logits)
     with pytest.raises(InputError, match="without a nodule head"):
         LLNMNet(config_named("small", **TINY))(**inputs(), return_nodule=True)
+
+
+def test_conv_stem_gives_one_token_per_patch_from_local_evidence(tmp_path):
+    torch.manual_seed(0)
+    model = LLNMNet(config_named("small", **TINY, stem="conv")).eval()
+    batch = inputs()
+    with torch.no_grad():
+        tokens = model.patch_embedding(batch["image"])
+        assert tokens.shape == (2, 32, 14, 14)
+        # A change inside one 16x16 patch reaches that token and its neighbours only (the 3x3
+        # convolutions see a little past the patch edge), never the far side of the image.
+        changed = batch["image"].clone()
+        changed[:, :, 16 * 5:16 * 6, 16 * 7:16 * 8] += 1.0
+        moved = (model.patch_embedding(changed) - tokens).abs().amax(dim=(0, 1))
+        assert moved[5, 7] > 0 and moved[5, 8] > 0
+        assert float(moved[:3].max()) == 0.0 and float(moved[:, :5].max()) == 0.0
+    save_model(model, tmp_path / "m")
+    loaded, record = load_model(tmp_path / "m")
+    assert record["config"]["stem"] == "conv"
+    with torch.no_grad():
+        assert torch.equal(model(**batch), loaded(**batch))
+    with pytest.raises(InputError, match="power-of-two"):
+        LLNMNet(config_named("small", **TINY, stem="conv", image_size=240, patch_size=12))
+    with pytest.raises(InputError, match="unknown image stem"):
+        LLNMNet(config_named("small", **TINY, stem="resnet"))

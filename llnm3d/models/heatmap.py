@@ -1,11 +1,10 @@
 """GradCAM++ heatmaps and LLNM predictions per image (``llnm3d heatmap``).
 
 GradCAM++ (the ``grad-cam`` package) runs on the image tokens of a late layer of LLNM-Net
-(:meth:`LLNMNet.gradcam_layers`; by default the first block over the fused image and text
-streams),
-reshaped from patch tokens to a 14x14 map (:meth:`LLNMNet.patch_map`), with the LLNM class as
-target. The map is upsampled to 224x224, scaled to 0..1 per image, and mapped back onto the
-original image's pixel grid.
+(:meth:`LLNMNet.gradcam_layers`; by default :data:`llnm3d.models.DEFAULT_LAYER`, the first
+block over the fused image and text streams), reshaped from patch tokens to a 14x14 map
+(:meth:`LLNMNet.patch_map`), with the LLNM class as target. The map is upsampled to
+224x224, scaled to 0..1 per image, and mapped back onto the original image's pixel grid.
 
 Output folder::
 
@@ -53,7 +52,7 @@ from ..io import (
 )
 from ..manifest import VIEWS, Manifest, as_manifest
 from ..resume import Resumed, claim_folder, finished_cases
-from . import MODEL_DIR
+from . import DEFAULT_LAYER, GRADCAM_LAYERS, MODEL_DIR
 from .cases import Cases, load_cases
 from .inputs import to_image_space
 from .model import LLNMNet, load_model
@@ -61,7 +60,6 @@ from .train import MAX_BATCH_SIZE
 
 LLNM_CLASS = 1
 FORMAT = "llnm3d-heatmaps/1"
-GRADCAM_LAYERS = ("fused", "last", "bidirectional")
 
 
 class _BoundInputs(nn.Module):
@@ -87,7 +85,7 @@ def load_view_model(view: str, model_dir: str | Path | None = None,
     return load_model(path, device)
 
 
-def gradcam_batch(model: LLNMNet, inputs: dict, layer: str = "fused"
+def gradcam_batch(model: LLNMNet, inputs: dict, layer: str = DEFAULT_LAYER
                   ) -> tuple[np.ndarray, np.ndarray]:
     """GradCAM++ maps (B, 224, 224) scaled 0..1 per image, and LLNM probabilities (B,).
 
@@ -169,7 +167,7 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path, 
                      model_dir: str | Path | None = None, batch_size: int = 16,
                      device: str | None = None, workers: int | None = None,
                      progress: bool = True, resize_masks: bool = False,
-                     layer: str = "fused") -> HeatmapResult:
+                     layer: str = DEFAULT_LAYER) -> HeatmapResult:
     """Predict LLNM and compute a GradCAM++ heatmap for every image of a manifest.
 
     Parameters
@@ -187,8 +185,8 @@ def compute_heatmaps(manifest_path: str | Path | Manifest, out_dir: str | Path, 
     resize_masks : bool
         Resize masks of another size than their image to it (see :func:`llnm3d.io.read_mask`).
     layer : str
-        GradCAM++ layer (:meth:`LLNMNet.gradcam_layers`): ``fused`` (default), ``last`` or
-        ``bidirectional``.
+        GradCAM++ layer (:meth:`LLNMNet.gradcam_layers`): ``fused`` (the default,
+        :data:`llnm3d.models.DEFAULT_LAYER`), ``last`` or ``bidirectional``.
     """
     check_number("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE, integer=True)
     check_optional_workers(workers)

@@ -49,8 +49,9 @@ from tqdm.auto import tqdm
 from ..checks import check_choice, check_number, check_seed
 from ..io import InputError, atomic_path, ensure_writable_dir, write_json
 from ..manifest import VIEWS, Manifest, as_manifest
+from . import DEFAULT_LAYER, GRADCAM_LAYERS
 from .cases import Cases, load_cases
-from .heatmap import GRADCAM_LAYERS, gradcam_batch, load_view_model
+from .heatmap import gradcam_batch, load_view_model
 from .inputs import CAPSULE, NODULE, SIZE_PX, THYROID_CHANNELS, THYROID_GIVEN, set_nodule_mask
 from .model import LLNMNet
 from .train import MAX_BATCH_SIZE
@@ -181,7 +182,7 @@ def rank_correlations(maps: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def check_heatmaps(manifest: str | Path | Manifest, out_dir: str | Path | None = None, *,
-                   model_dir: str | Path | None = None, layer: str = "fused",
+                   model_dir: str | Path | None = None, layer: str = DEFAULT_LAYER,
                    checks: tuple[str, ...] = CHECKS, limit: int | None = None, seed: int = 0,
                    batch_size: int = 16, resize_masks: bool = False,
                    random_labels_model_dir: str | Path | None = None,

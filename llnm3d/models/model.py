@@ -3,8 +3,10 @@
 The architecture of Shen et al. (2025, supplementary Table S8; IRENE lineage), implemented so
 that it runs. Two token streams:
 
-- **image**: a ViT-style 16x16 patch embedding of the 224x224 location feature map
-  (:mod:`llnm3d.models.inputs`), a class token and learned position embeddings (197 tokens);
+- **image**: one token per 16x16 patch of the 224x224 location feature map
+  (:mod:`llnm3d.models.inputs`), from a ViT-style linear patch embedding (``stem="linear"``)
+  or from four stride-2 3x3 convolutions (``stem="conv"``, :func:`conv_stem`), plus a class
+  token and learned position embeddings (197 tokens);
 - **clinical text**: the report's tokens (``report_length``; from :mod:`llnm3d.models.text`, or
   precomputed embeddings ``(B, L, D)`` from any external encoder, projected to the hidden size),
   one token per morphology feature (a scalar times a learned vector plus a bias; a learned
@@ -65,6 +67,7 @@ class ModelConfig:
     n_features: int = len(MODEL_FEATURES)
     n_classes: int = 2
     nodule_head: bool = False
+    stem: str = "linear"
 
     @property
     def in_channels(self) -> int:
@@ -87,10 +90,35 @@ class ModelConfig:
             raise InputError(f"image size {self.image_size} is not a multiple of the patch size")
         if self.hidden % self.n_heads:
             raise InputError(f"hidden size {self.hidden} is not divisible by {self.n_heads} heads")
+        if self.stem not in STEMS:
+            raise InputError(f"unknown image stem {self.stem!r} (known: {', '.join(STEMS)})")
+        if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
+            raise InputError(f"the conv stem needs a power-of-two patch size, not "
+                             f"{self.patch_size}")
         if not 0 <= self.n_bidirectional <= self.n_layers:
             raise InputError(f"n_bidirectional {self.n_bidirectional} must be within 0.."
                              f"{self.n_layers}")
         return self
+
+
+STEMS = ("linear", "conv")
+
+
+def conv_stem(in_channels: int, hidden: int, patch_size: int) -> nn.Sequential:
+    """Image tokens from stride-2 3x3 convolutions (log2(patch_size) of them, widths doubling
+    from 16 up to ``hidden``), one token per ``patch_size`` square as the linear patch
+    embedding gives. Speckle hides a nodule from a single linear map of its 16x16 patch; a
+    stack of small convolutions can average it out and see the nodule's edge."""
+    layers: list[nn.Module] = []
+    n_stages = patch_size.bit_length() - 1
+    width = in_channels
+    for stage in range(n_stages):
+        out = hidden if stage == n_stages - 1 else min(hidden, 16 * 2 ** stage)
+        layers.append(nn.Conv2d(width, out, 3, stride=2, padding=1))
+        if stage < n_stages - 1:
+            layers.append(nn.GELU())
+        width = out
+    return nn.Sequential(*layers)
 
 
 CONFIGS = {
@@ -191,8 +219,9 @@ class LLNMNet(nn.Module):
         # that order; None means all of them, as built.
         self.channel_index = (None if tuple(config.channels) == CHANNELS else
                               [CHANNELS.index(name) for name in config.channels])
-        self.patch_embedding = nn.Conv2d(config.in_channels, h, config.patch_size,
-                                         stride=config.patch_size)
+        self.patch_embedding = (
+            nn.Conv2d(config.in_channels, h, config.patch_size, stride=config.patch_size)
+            if config.stem == "linear" else conv_stem(config.in_channels, h, config.patch_size))
         self.class_token = nn.Parameter(torch.zeros(1, 1, h))
         self.image_position = nn.Parameter(torch.zeros(1, config.n_image_tokens, h))
         self.report_embedding = nn.Embedding(config.vocab_size, h, padding_idx=0)
@@ -240,12 +269,12 @@ class LLNMNet(nn.Module):
     def gradcam_layers(self) -> dict[str, nn.Module]:
         """Layers GradCAM++ can read; each one's output starts with the image tokens.
 
-        ``fused`` (the default): the input, after LayerNorm, of the first block over the
-        concatenated streams, whose image tokens have taken in the text through every
-        bidirectional block yet still map to their patches. ``last``: the last block's input.
-        ``bidirectional``: the image tokens entering the last bidirectional block. Without
-        plain blocks, ``fused`` and ``last`` fall back to ``bidirectional``. BENCHMARKS.md
-        compares them on held-out phantom images.
+        ``fused`` (the default, :data:`llnm3d.models.DEFAULT_LAYER`): the input, after
+        LayerNorm, of the first block over the concatenated streams, whose image tokens have
+        taken in the text through every bidirectional block yet still map to their patches.
+        ``last``: the last block's input. ``bidirectional``: the image tokens entering the last
+        bidirectional block. Without plain blocks, ``fused`` and ``last`` fall back to
+        ``bidirectional``. BENCHMARKS.md compares them on held-out phantom images.
         """
         # A ModuleList item is typed as Module, whose attributes read as Tensor | Module.
         bidirectional = (cast(nn.Module, self.bidirectional[-1].norm1)

@@ -37,7 +37,7 @@ from .inputs import (
     THYROID_CHANNELS,
     set_nodule_mask,
 )
-from .model import CONFIGS, SEX_UNKNOWN, LLNMNet, config_named, parameter_count, save_model
+from .model import CONFIGS, SEX_UNKNOWN, STEMS, LLNMNet, config_named, parameter_count, save_model
 
 # Sane maxima: beyond them a value is a typo (the phantom model converges in 20 epochs).
 MAX_EPOCHS = 10_000
@@ -77,6 +77,9 @@ class TrainSettings:
     nodule_swap : float
         Per-case probability of showing the model another case's nodule mask during training,
         in [0, 1 - nodule_dropout]: the mask becomes a hint the image must confirm.
+    stem : {"linear", "conv"}
+        How image patches become tokens (:attr:`llnm3d.models.model.ModelConfig.stem`): one
+        linear map per 16x16 patch, or a stack of small convolutions.
     nodule_loss_weight : float
         Weight, in [0, 100], of an auxiliary loss that teaches the model where the nodule is
         and how close it comes to the capsule: a head on the image tokens predicts, per 16x16
@@ -84,8 +87,8 @@ class TrainSettings:
         cross-entropy; :func:`nodule_targets`). The mask is then a training target, not only
         an input. 0 builds no head.
 
-    The input-design defaults (all channels, nodule dropout 0.25, swap 0.25, loss weight 5)
-    are the ``mask_hint`` design of the bundled weights (model/MODEL_CARD.md).
+    The input-design defaults (all channels, nodule dropout 0.25, swap 0.25, loss weight 5,
+    the conv stem) are the ``conv_hint`` design of the bundled weights (model/MODEL_CARD.md).
     shuffle_labels : bool
         Train on the labels permuted among the cases (seeded): the model of the
         label-randomisation sanity check (:mod:`llnm3d.models.heatmap_checks`), never a model to
@@ -105,6 +108,7 @@ class TrainSettings:
     nodule_dropout: float = 0.25
     nodule_swap: float = 0.25
     nodule_loss_weight: float = 5.0
+    stem: str = "conv"
     shuffle_labels: bool = False
 
     def __post_init__(self) -> None:
@@ -123,6 +127,7 @@ class TrainSettings:
                      high_inclusive=False)
         check_number("nodule_swap", self.nodule_swap, low=0, high=1 - self.nodule_dropout)
         check_number("nodule_loss_weight", self.nodule_loss_weight, low=0, high=100)
+        check_choice("stem", self.stem, STEMS)
         object.__setattr__(self, "channels", tuple(self.channels))
         for name in self.channels:
             check_choice("channel", name, CHANNELS)
@@ -368,6 +373,7 @@ def train(manifest_path: str | Path | Manifest, view: str, out_dir: str | Path,
         labels = permuted_labels(labels, settings.seed)
 
     model = LLNMNet(config_named(settings.config, channels=settings.channels,
+                                 stem=settings.stem,
                                  nodule_head=settings.nodule_loss_weight > 0)).to(device)
     _set_feature_scaling(model, cases.features[train_index])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position" not in n]
