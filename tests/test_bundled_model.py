@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llnm3d.io import read_grayscale
+from llnm3d.io import read_grayscale, read_mask
 from llnm3d.models.heatmap import MODEL_DIR, compute_heatmaps, load_heatmap, load_view_model
 from llnm3d.models.model import parameter_count
 
@@ -21,19 +21,21 @@ def test_bundled_weights_load_and_are_small(view):
 
 
 def test_real_samples_without_thyroid_masks(tmp_path):
-    # The bundled weights were trained on phantoms only. On the real samples (no thyroid
-    # mask) the default layer finds positive evidence for half of the images and little of it
-    # in the nodule (model/MODEL_CARD.md): this test guards the behaviour (every case done,
-    # empty maps flagged as such), not a meaning the maps do not have there.
+    # Without thyroid masks the default layer still gives a map for every real image, mostly
+    # inside the nodule (0.68 of the mass in BENCHMARKS.md). The sanity checks show that this
+    # heat follows the nodule mask on these images; this test guards the behaviour, not its
+    # meaning.
     result = compute_heatmaps(SAMPLES / "manifest.csv", tmp_path, resize_masks=True,
                               progress=False, workers=1)
     assert result.failures == []
     assert len(result.predictions) == 10
     assert result.predictions["probability"].between(0, 1).all()
-    for case, empty in zip(result.predictions["case_id"], result.predictions["heatmap_empty"],
-                           strict=True):
+    assert not result.predictions["heatmap_empty"].any()
+    inside = []
+    for case in result.predictions["case_id"]:
         image = read_grayscale(SAMPLES / "image" / f"{case}.jpg")
         heat = load_heatmap(tmp_path, case)
         assert heat.shape == image.shape and np.isfinite(heat).all()
-        assert heat.min() >= 0
-        assert (heat.max() == 0) if empty else np.isclose(heat.max(), 1.0, atol=0.01)
+        nodule = read_mask(SAMPLES / "nodule_mask" / f"{case}.jpg", image.shape)
+        inside.append(heat[nodule].sum() / heat.sum())
+    assert np.mean(inside) > 0.5

@@ -88,7 +88,7 @@ class TrainSettings:
         an input. 0 builds no head.
 
     The input-design defaults (all channels, nodule dropout 0.25, swap 0.25, loss weight 5,
-    the conv stem) are the ``conv_hint`` design of the bundled weights (model/MODEL_CARD.md).
+    the linear stem) are the ``mask_hint`` design of the bundled weights (model/MODEL_CARD.md).
     shuffle_labels : bool
         Train on the labels permuted among the cases (seeded): the model of the
         label-randomisation sanity check (:mod:`llnm3d.models.heatmap_checks`), never a model to
@@ -108,7 +108,7 @@ class TrainSettings:
     nodule_dropout: float = 0.25
     nodule_swap: float = 0.25
     nodule_loss_weight: float = 5.0
-    stem: str = "conv"
+    stem: str = "linear"
     shuffle_labels: bool = False
 
     def __post_init__(self) -> None:
