@@ -107,8 +107,8 @@ STEMS = ("linear", "conv")
 def conv_stem(in_channels: int, hidden: int, patch_size: int) -> nn.Sequential:
     """Image tokens from stride-2 3x3 convolutions (log2(patch_size) of them, widths doubling
     from 16 up to ``hidden``), one token per ``patch_size`` square as the linear patch
-    embedding gives. Speckle hides a nodule from a single linear map of its 16x16 patch; a
-    stack of small convolutions can average it out and see the nodule's edge."""
+    embedding gives. With it, the heatmaps keep more heat in the true nodule under a wrong
+    nodule mask and pass the weight-randomisation checks (BENCHMARKS.md, "Input designs")."""
     layers: list[nn.Module] = []
     n_stages = patch_size.bit_length() - 1
     width = in_channels
