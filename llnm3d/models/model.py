@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._version import __version__
+from ..checks import check_choice
 from ..io import InputError, atomic_path, read_json, write_json
 from .features import MODEL_FEATURES
 from .inputs import CHANNELS
@@ -90,8 +91,7 @@ class ModelConfig:
             raise InputError(f"image size {self.image_size} is not a multiple of the patch size")
         if self.hidden % self.n_heads:
             raise InputError(f"hidden size {self.hidden} is not divisible by {self.n_heads} heads")
-        if self.stem not in STEMS:
-            raise InputError(f"unknown image stem {self.stem!r} (known: {', '.join(STEMS)})")
+        check_choice("image stem", self.stem, STEMS)
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             raise InputError(f"the conv stem needs a power-of-two patch size, not "
                              f"{self.patch_size}")
